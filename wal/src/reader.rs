@@ -1,0 +1,183 @@
+//! Sequential reading of durable records from an LSN onward, across segments.
+
+use std::fs::File;
+use std::io::{BufReader, ErrorKind, Read};
+use std::marker::PhantomData;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+
+use crate::error::{Result, WalError};
+use crate::frame::{self, Decoded};
+use crate::log::Inner;
+use crate::Lsn;
+
+struct OpenSegment {
+    first: Lsn,
+    path: PathBuf,
+    file: BufReader<File>,
+    offset: u64,
+}
+
+/// Iterator over `(lsn, record)` of durable records. A damaged frame is quarantined and
+/// yielded as `Err(WalError::Corruption)`; the reader then continues with the next segment.
+/// When it reaches the durable end it returns `None`; calling `next` again later picks up
+/// records made durable since.
+pub struct Reader<R> {
+    inner: Arc<Inner>,
+    next: Lsn,
+    segment: Option<OpenSegment>,
+    buf: Vec<u8>,
+    _record: PhantomData<fn() -> R>,
+}
+
+impl<R: DeserializeOwned> Reader<R> {
+    pub(crate) fn new(inner: Arc<Inner>, from: Lsn) -> Reader<R> {
+        Reader { inner, next: from.max(1), segment: None, buf: Vec::new(), _record: PhantomData }
+    }
+
+    /// The LSN the next record yielded will have, at least.
+    pub fn position(&self) -> Lsn {
+        self.next
+    }
+
+    /// Opens the segment holding `self.next`, or the oldest one if it was truncated away.
+    fn open_segment(&mut self) -> Result<bool> {
+        let found = {
+            let segs = self.inner.segments.lock().expect("segments lock");
+            segs.range(..=self.next)
+                .next_back()
+                .or_else(|| segs.iter().next())
+                .map(|(f, p)| (*f, p.clone()))
+        };
+        let Some((first, path)) = found else { return Ok(false) };
+        if first > self.next {
+            self.next = first;
+        }
+        let file = File::open(&path).map_err(WalError::io(&path))?;
+        self.segment = Some(OpenSegment { first, path, file: BufReader::with_capacity(256 << 10, file), offset: 0 });
+        Ok(true)
+    }
+
+    /// Moves past the open segment: the next record is the next segment's first.
+    fn skip_segment(&mut self) {
+        if let Some(seg) = self.segment.take() {
+            let segs = self.inner.segments.lock().expect("segments lock");
+            if let Some((&next_first, _)) = segs.range(seg.first + 1..).next() {
+                self.next = self.next.max(next_first);
+            }
+        }
+    }
+
+    fn has_segment_after(&self, lsn: Lsn) -> bool {
+        self.inner.segments.lock().expect("segments lock").range(lsn..).next().is_some()
+    }
+
+    fn corruption(&self, seg: &OpenSegment, offset: u64, bytes: &[u8], reason: &str) -> WalError {
+        if let Err(e) = self.inner.quarantine.keep(&seg.path, offset, bytes, reason) {
+            return e;
+        }
+        WalError::Corruption { segment: seg.path.clone(), offset, after: self.next.saturating_sub(1), reason: reason.into() }
+    }
+
+    /// Reads the next frame of the open segment: `Ok(None)` at its end.
+    fn read_frame(&mut self) -> Result<Option<(Lsn, R)>> {
+        let max = self.inner.config.max_record_bytes;
+        let seg = self.segment.as_mut().expect("a segment is open");
+        self.buf.resize(8, 0);
+        match seg.file.read_exact(&mut self.buf[..8]) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(WalError::Io { path: seg.path.clone(), source: e }),
+        }
+        let len = u32::from_le_bytes(self.buf[0..4].try_into().expect("slice of 4")) as usize;
+        let offset = seg.offset;
+        if len < frame::HEADER_LEN - 8 || len > max + frame::HEADER_LEN - 8 {
+            let seg = self.segment.take().expect("a segment is open");
+            let err = self.corruption(&seg, offset, &self.buf.clone(), "implausible length");
+            self.segment = Some(seg);
+            return Err(err);
+        }
+        self.buf.resize(8 + len, 0);
+        if let Err(e) = seg.file.read_exact(&mut self.buf[8..]) {
+            let kind = e.kind();
+            let seg = self.segment.take().expect("a segment is open");
+            if kind == ErrorKind::UnexpectedEof {
+                let err = self.corruption(&seg, offset, &self.buf.clone(), "frame cut short inside durable range");
+                self.segment = Some(seg);
+                return Err(err);
+            }
+            return Err(WalError::Io { path: seg.path, source: e });
+        }
+        seg.offset += self.buf.len() as u64;
+        match frame::decode(&self.buf, max) {
+            Decoded::Frame { lsn, body, .. } => match postcard::from_bytes::<R>(body) {
+                Ok(record) => Ok(Some((lsn, record))),
+                Err(_) => Err(self.damaged(offset, "body does not decode")),
+            },
+            Decoded::Corrupt { reason } => Err(self.damaged(offset, reason)),
+            Decoded::Truncated => Err(self.damaged(offset, "frame cut short")),
+        }
+    }
+
+    fn damaged(&mut self, offset: u64, reason: &str) -> WalError {
+        let seg = self.segment.take().expect("a segment is open");
+        let err = self.corruption(&seg, offset, &self.buf, reason);
+        self.segment = Some(seg);
+        err
+    }
+}
+
+impl<R: DeserializeOwned> Iterator for Reader<R> {
+    type Item = Result<(Lsn, R)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.next > self.inner.durable() {
+                return None;
+            }
+            if self.segment.is_none() {
+                match self.open_segment() {
+                    Ok(true) => {}
+                    Ok(false) => return None,
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            match self.read_frame() {
+                Ok(Some((lsn, _))) if lsn < self.next => continue,
+                Ok(Some((lsn, record))) => {
+                    self.next = lsn + 1;
+                    return Some(Ok((lsn, record)));
+                }
+                Ok(None) => {
+                    // End of this segment. The committer registers a segment before writing
+                    // to it and publishes durability after, so a durable `next` is in a later
+                    // segment that starts exactly at `next`.
+                    let at = self.next;
+                    self.skip_segment();
+                    if self.next != at {
+                        return Some(Err(WalError::Corruption {
+                            segment: PathBuf::new(),
+                            offset: 0,
+                            after: at.saturating_sub(1),
+                            reason: format!("records {at}..{} are missing between segments", self.next),
+                        }));
+                    }
+                    if self.segment.is_none() && !self.has_segment_after(at) {
+                        return Some(Err(WalError::Corruption {
+                            segment: PathBuf::new(),
+                            offset: 0,
+                            after: at.saturating_sub(1),
+                            reason: "the newest segment ends before the durable lsn".into(),
+                        }));
+                    }
+                }
+                Err(e) => {
+                    self.skip_segment();
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
