@@ -1,0 +1,442 @@
+//! The sled backend: the state in one sled tree with prefixed, big-endian keys, so range scans
+//! come out in queue order.
+//!
+//! | prefix | key | value |
+//! |---|---|---|
+//! | `c` | callback seq | enqueue time and body |
+//! | `a` | callback seq | [`Attempts`] (kept apart so a retry does not rewrite the body) |
+//! | `m` | message id | [`Message`] |
+//! | `s` | send seq | message id (the outbound send queue) |
+//! | `k` | setting name | setting value |
+//! | `u` | user name | [`User`] |
+//! | `t` | token hash | [`Token`] |
+//! | `r` | cursor name | u64 |
+//! | `!checkpoint` | | [`Checkpoint`] |
+//!
+//! Durability: the WAL is the source of truth. sled's own background flush may persist any
+//! prefix of what was applied; only [`State::checkpoint`] promises anything, and it promises it
+//! with `flush()` (which on Linux only issues `sync_file_range`), an fsync of every file sled
+//! wrote under `blobs/` (sled never syncs those) and an `fdatasync` of sled's `db` file through
+//! a handle of our own.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::change::Change;
+use crate::error::{Result, StorageError};
+use crate::model::{Attempts, CallbackSeq, Message, PendingCallback, SendSeq, Token, User};
+use crate::state::{Checkpoint, State};
+
+const CHECKPOINT_KEY: &[u8] = b"!checkpoint";
+
+/// How sled is set up. Nothing here is left to sled's defaults.
+#[derive(Debug, Clone)]
+pub struct SledConfig {
+    pub path: PathBuf,
+    /// sled's page cache, in bytes (default 64 MiB).
+    pub cache_capacity_bytes: u64,
+    /// sled's background flush interval (default 1000 ms). Only bounds replay work after a
+    /// crash; durability comes from the WAL and checkpoints.
+    pub flush_every_ms: u64,
+}
+
+impl SledConfig {
+    pub fn new(path: impl Into<PathBuf>) -> SledConfig {
+        SledConfig { path: path.into(), cache_capacity_bytes: 64 << 20, flush_every_ms: 1000 }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredCallback {
+    enqueued_at: u64,
+    body: Vec<u8>,
+}
+
+pub struct SledState {
+    db: sled::Db,
+    path: PathBuf,
+    /// Our own handle on sled's data file, for the fdatasync sled does not do.
+    data_file: File,
+    /// Blob files already fsynced (sled never rewrites a blob file in place).
+    synced_blobs: Mutex<HashSet<PathBuf>>,
+    pending_callbacks: AtomicU64,
+    send_queue: AtomicU64,
+    messages: AtomicU64,
+}
+
+fn key(prefix: u8, id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + id.len());
+    k.push(prefix);
+    k.extend_from_slice(id);
+    k
+}
+
+fn seq_key(prefix: u8, seq: u64) -> [u8; 9] {
+    let mut k = [prefix; 9];
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn seq_of(key: &[u8]) -> u64 {
+    u64::from_be_bytes(key[1..9].try_into().expect("queue keys are prefix + 8 bytes"))
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Invariant: our model types serialize infallibly with postcard (no maps with non-string
+    // keys, no unsupported serde features).
+    postcard::to_stdvec(value).expect("model types serialize")
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
+    postcard::from_bytes(bytes).map_err(|source| StorageError::Decode { key: String::from_utf8_lossy(key).into_owned(), source })
+}
+
+impl SledState {
+    pub fn open(config: &SledConfig) -> Result<SledState> {
+        let db = sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_capacity_bytes)
+            .flush_every_ms(Some(config.flush_every_ms))
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        let data_path = config.path.join("db");
+        let data_file = File::open(&data_path).map_err(|source| StorageError::Io { path: data_path, source })?;
+        let state = SledState {
+            db,
+            path: config.path.clone(),
+            data_file,
+            synced_blobs: Mutex::new(HashSet::new()),
+            pending_callbacks: AtomicU64::new(0),
+            send_queue: AtomicU64::new(0),
+            messages: AtomicU64::new(0),
+        };
+        state.pending_callbacks.store(state.count_prefix(b'c')?, Ordering::Relaxed);
+        state.send_queue.store(state.count_prefix(b's')?, Ordering::Relaxed);
+        state.messages.store(state.count_prefix(b'm')?, Ordering::Relaxed);
+        Ok(state)
+    }
+
+    fn count_prefix(&self, prefix: u8) -> Result<u64> {
+        let mut n = 0;
+        for kv in self.db.scan_prefix([prefix]) {
+            kv?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Bytes sled occupies on disk (for support and metrics: sled amplifies space).
+    pub fn size_on_disk(&self) -> Result<u64> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {
+        self.db.get(key)?.map(|v| decode(key, &v)).transpose()
+    }
+
+    /// Read-modify-write of one message, atomic against concurrent updates of it.
+    fn update_message(&self, id: &str, f: impl Fn(&mut Message)) -> Result<()> {
+        let k = key(b'm', id.as_bytes());
+        let mut decode_error = None;
+        self.db.update_and_fetch(&k, |old| {
+            let old = old?;
+            match postcard::from_bytes::<Message>(old) {
+                Ok(mut msg) => {
+                    f(&mut msg);
+                    Some(encode(&msg))
+                }
+                Err(e) => {
+                    decode_error = Some(e);
+                    Some(old.to_vec())
+                }
+            }
+        })?;
+        match decode_error {
+            Some(source) => Err(StorageError::Decode { key: format!("m{id}"), source }),
+            None => Ok(()),
+        }
+    }
+
+    fn apply_enqueue(&self, first_seq: CallbackSeq, enqueued_at: u64, bodies: &[Vec<u8>]) -> Result<()> {
+        for (i, body) in bodies.iter().enumerate() {
+            let seq = first_seq + i as u64;
+            let value = encode(&StoredCallback { enqueued_at, body: body.clone() });
+            if self.db.insert(seq_key(b'c', seq), value)?.is_none() {
+                self.pending_callbacks.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_callback(&self, seq: CallbackSeq) -> Result<()> {
+        if self.db.remove(seq_key(b'c', seq))?.is_some() {
+            self.pending_callbacks.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.db.remove(seq_key(b'a', seq))?;
+        Ok(())
+    }
+
+    fn apply_message_accepted(&self, message: &Message) -> Result<()> {
+        let k = key(b'm', message.id.as_bytes());
+        let fresh = self.db.compare_and_swap(&k, None as Option<&[u8]>, Some(encode(message)))?.is_ok();
+        if fresh {
+            self.messages.fetch_add(1, Ordering::Relaxed);
+            if !message.handed_to_gateway && self.db.insert(seq_key(b's', message.send_seq), message.id.as_bytes())?.is_none() {
+                self.send_queue.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_from_send_queue(&self, send_seq: SendSeq) -> Result<()> {
+        if self.db.remove(seq_key(b's', send_seq))?.is_some() {
+            self.send_queue.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn delete_messages(&self, ids: &[String]) -> Result<()> {
+        for id in ids {
+            if let Some(old) = self.db.remove(key(b'm', id.as_bytes()))? {
+                self.messages.fetch_sub(1, Ordering::Relaxed);
+                let msg: Message = decode(id.as_bytes(), &old)?;
+                self.remove_from_send_queue(msg.send_seq)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn delete_user(&self, name: &str) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        batch.remove(key(b'u', name.as_bytes()));
+        for kv in self.db.scan_prefix([b't']) {
+            let (k, v) = kv?;
+            let token: Token = decode(&k, &v)?;
+            if token.user == name {
+                batch.remove(k);
+            }
+        }
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn put_settings(&self, entries: &[(String, Option<Vec<u8>>)]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (name, value) in entries {
+            let k = key(b'k', name.as_bytes());
+            match value {
+                Some(v) => batch.insert(k, v.as_slice()),
+                None => batch.remove(k),
+            }
+        }
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// fsyncs every blob file sled wrote since the last call, then the blob directory.
+    fn sync_blobs(&self) -> Result<()> {
+        let dir = self.path.join("blobs");
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StorageError::Io { path, source }
+        };
+        let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
+        let mut synced = self.synced_blobs.lock().expect("blob set lock");
+        let mut any = false;
+        for entry in entries {
+            let path = entry.map_err(io(&dir))?.path();
+            if synced.contains(&path) {
+                continue;
+            }
+            match File::open(&path) {
+                Ok(f) => f.sync_all().map_err(io(&path))?,
+                // sled removes blobs it no longer needs; one gone since the listing needs nothing.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(&path)(e)),
+            }
+            synced.insert(path);
+            any = true;
+        }
+        synced.retain(|p| p.exists());
+        if any {
+            File::open(&dir).and_then(|d| d.sync_all()).map_err(io(&dir))?;
+        }
+        Ok(())
+    }
+}
+
+impl State for SledState {
+    fn apply(&self, change: &Change) -> Result<()> {
+        match change {
+            Change::CallbacksEnqueued { first_seq, enqueued_at, bodies } => self.apply_enqueue(*first_seq, *enqueued_at, bodies)?,
+            Change::CallbackFailed { seq, failures, error, at, next_attempt_at } => {
+                if self.db.contains_key(seq_key(b'c', *seq))? {
+                    let attempts = Attempts {
+                        failures: *failures,
+                        last_error: Some(error.clone()),
+                        last_attempt_at: Some(*at),
+                        next_attempt_at: Some(*next_attempt_at),
+                    };
+                    self.db.insert(seq_key(b'a', *seq), encode(&attempts))?;
+                }
+            }
+            Change::CallbackDelivered { seq } | Change::CallbackDeleted { seq } => self.remove_callback(*seq)?,
+            Change::MessageAccepted { message } => self.apply_message_accepted(message)?,
+            Change::MessageHanded { id, send_seq } => {
+                self.remove_from_send_queue(*send_seq)?;
+                self.update_message(id, |m| m.handed_to_gateway = true)?;
+            }
+            Change::MessageStatus { id, status, at, errors } => {
+                self.update_message(id, |m| crate::record_status(m, status, *at, errors))?;
+            }
+            Change::MessagesDeleted { ids } => self.delete_messages(ids)?,
+            Change::SettingsPut { entries } => self.put_settings(entries)?,
+            Change::UserPut { user } => {
+                self.db.insert(key(b'u', user.name.as_bytes()), encode(user))?;
+            }
+            Change::UserDeleted { name } => self.delete_user(name)?,
+            Change::TokenPut { token } => {
+                self.db.insert(key(b't', &token.hash), encode(token))?;
+            }
+            Change::TokenRevoked { hash } => {
+                self.db.remove(key(b't', hash))?;
+            }
+            Change::CursorSet { name, value } => {
+                self.db.insert(key(b'r', name.as_bytes()), &value.to_be_bytes())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&self, checkpoint: Checkpoint) -> Result<()> {
+        self.db.insert(CHECKPOINT_KEY, encode(&checkpoint))?;
+        self.db.flush()?;
+        self.sync_blobs()?;
+        let data = self.path.join("db");
+        self.data_file.sync_data().map_err(|source| StorageError::Io { path: data, source })?;
+        Ok(())
+    }
+
+    fn last_checkpoint(&self) -> Result<Checkpoint> {
+        Ok(self.get(CHECKPOINT_KEY)?.unwrap_or_default())
+    }
+
+    fn pending_callbacks(&self, after: Option<CallbackSeq>, limit: usize) -> Result<Vec<PendingCallback>> {
+        let from = seq_key(b'c', after.map_or(0, |a| a + 1));
+        let mut out = Vec::new();
+        for kv in self.db.range(from..seq_key(b'c', u64::MAX)).take(limit) {
+            let (k, v) = kv?;
+            out.push(self.load_callback(seq_of(&k), &k, &v)?);
+        }
+        Ok(out)
+    }
+
+    fn pending_callback(&self, seq: CallbackSeq) -> Result<Option<PendingCallback>> {
+        let k = seq_key(b'c', seq);
+        match self.db.get(k)? {
+            Some(v) => Ok(Some(self.load_callback(seq, &k, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn pending_callback_count(&self) -> u64 {
+        self.pending_callbacks.load(Ordering::Relaxed)
+    }
+
+    fn message(&self, id: &str) -> Result<Option<Message>> {
+        self.get(&key(b'm', id.as_bytes()))
+    }
+
+    fn send_queue(&self, after: Option<SendSeq>, limit: usize) -> Result<Vec<Message>> {
+        let from = seq_key(b's', after.map_or(0, |a| a + 1));
+        let mut out = Vec::new();
+        for kv in self.db.range(from..seq_key(b's', u64::MAX)).take(limit) {
+            let (_, id) = kv?;
+            if let Some(msg) = self.get(&key(b'm', &id))? {
+                out.push(msg);
+            }
+        }
+        Ok(out)
+    }
+
+    fn send_queue_len(&self) -> u64 {
+        self.send_queue.load(Ordering::Relaxed)
+    }
+
+    fn message_count(&self) -> u64 {
+        self.messages.load(Ordering::Relaxed)
+    }
+
+    fn message_ids(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        let start = match after {
+            Some(a) => std::ops::Bound::Excluded(key(b'm', a.as_bytes())),
+            None => std::ops::Bound::Included(vec![b'm']),
+        };
+        let mut out = Vec::new();
+        for kv in self.db.range::<Vec<u8>, _>((start, std::ops::Bound::Excluded(vec![b'm' + 1]))).take(limit) {
+            let (k, _) = kv?;
+            out.push(String::from_utf8_lossy(&k[1..]).into_owned());
+        }
+        Ok(out)
+    }
+
+    fn setting(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get(key(b'k', name.as_bytes()))?.map(|v| v.to_vec()))
+    }
+
+    fn settings(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        self.db
+            .scan_prefix([b'k'])
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((String::from_utf8_lossy(&k[1..]).into_owned(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    fn user(&self, name: &str) -> Result<Option<User>> {
+        self.get(&key(b'u', name.as_bytes()))
+    }
+
+    fn users(&self) -> Result<Vec<User>> {
+        self.db
+            .scan_prefix([b'u'])
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    fn token(&self, hash: &[u8]) -> Result<Option<Token>> {
+        self.get(&key(b't', hash))
+    }
+
+    fn cursor(&self, name: &str) -> Result<Option<u64>> {
+        Ok(self.db.get(key(b'r', name.as_bytes()))?.map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))))
+    }
+
+    fn cursors(&self) -> Result<Vec<(String, u64)>> {
+        self.db
+            .scan_prefix([b'r'])
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((String::from_utf8_lossy(&k[1..]).into_owned(), u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))))
+            })
+            .collect()
+    }
+}
+
+impl SledState {
+    fn load_callback(&self, seq: CallbackSeq, k: &[u8], v: &[u8]) -> Result<PendingCallback> {
+        let stored: StoredCallback = decode(k, v)?;
+        let attempts = self.get::<Attempts>(&seq_key(b'a', seq))?.unwrap_or_default();
+        Ok(PendingCallback { seq, enqueued_at: stored.enqueued_at, body: stored.body, attempts })
+    }
+}

@@ -1,0 +1,349 @@
+//! One suite, every backend: each behaviour below runs against the memory store and the sled
+//! store (real sled and a real WAL in a temp dir). Recovery behaviours, which only the durable
+//! store has, follow at the end.
+
+use coreq_storage::{Role, Store, StoreConfig, Token, User};
+
+/// A store plus whatever keeps its files alive.
+struct Fixture {
+    store: Store,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn memory() -> Fixture {
+    Fixture { store: Store::memory(), _dir: None }
+}
+
+fn sled() -> Fixture {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (store, _) = Store::open(StoreConfig::new(dir.path())).expect("open store");
+    Fixture { store, _dir: Some(dir) }
+}
+
+fn user(name: &str, role: Role) -> User {
+    User { name: name.into(), password_hash: "$argon2id$fake".into(), role, must_change_password: false }
+}
+
+fn bodies(n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|i| format!("{{\"n\":{i}}}").into_bytes()).collect()
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod memory_backend { $( #[tokio::test] async fn $name() { super::$name(super::memory()).await } )* }
+        mod sled_backend { $( #[tokio::test] async fn $name() { super::$name(super::sled()).await } )* }
+    };
+}
+
+suite!(
+    enqueue_returns_consecutive_seqs_in_order,
+    enqueued_callbacks_read_back_from_the_head_in_order,
+    window_after_a_seq_starts_after_it,
+    delivered_callback_leaves_the_queue,
+    failure_is_recorded_with_error_and_next_attempt,
+    failure_of_an_unknown_callback_changes_nothing,
+    deleted_callback_leaves_the_queue_and_unknown_delete_says_so,
+    seqs_are_never_reused_after_delivery,
+    empty_batch_is_refused,
+    large_batch_is_split_but_keeps_one_seq_per_body,
+    accepted_message_is_stored_and_queued_for_sending,
+    send_queue_is_in_acceptance_order,
+    handed_message_leaves_the_send_queue,
+    each_status_is_recorded_once,
+    status_of_unknown_message_is_not_recorded,
+    deleted_messages_are_gone_from_store_and_queue,
+    message_ids_page_in_order,
+    settings_are_written_together_and_removed_with_none,
+    user_round_trips_and_deleting_revokes_their_tokens_only,
+    token_revocation_removes_only_that_token,
+    cursors_are_named_values,
+);
+
+async fn enqueue_returns_consecutive_seqs_in_order(f: Fixture) {
+    let a = f.store.enqueue_callbacks(bodies(3), 10).await.unwrap();
+    let b = f.store.enqueue_callbacks(bodies(2), 11).await.unwrap();
+    assert_eq!(a, vec![1, 2, 3]);
+    assert_eq!(b, vec![4, 5]);
+}
+
+async fn enqueued_callbacks_read_back_from_the_head_in_order(f: Fixture) {
+    f.store.enqueue_callbacks(bodies(5), 42).await.unwrap();
+    let window = f.store.pending_callbacks(None, 3).unwrap();
+    assert_eq!(window.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(window[0].body, b"{\"n\":0}");
+    assert_eq!(window[0].enqueued_at, 42);
+    assert_eq!(window[0].attempts.failures, 0);
+    assert_eq!(f.store.pending_callback_count(), 5);
+}
+
+async fn window_after_a_seq_starts_after_it(f: Fixture) {
+    f.store.enqueue_callbacks(bodies(5), 0).await.unwrap();
+    let window = f.store.pending_callbacks(Some(3), 10).unwrap();
+    assert_eq!(window.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![4, 5]);
+}
+
+async fn delivered_callback_leaves_the_queue(f: Fixture) {
+    f.store.enqueue_callbacks(bodies(3), 0).await.unwrap();
+    f.store.mark_delivered_lazy(2).unwrap();
+    let seqs: Vec<_> = f.store.pending_callbacks(None, 10).unwrap().iter().map(|c| c.seq).collect();
+    assert_eq!(seqs, vec![1, 3]);
+    assert_eq!(f.store.pending_callback_count(), 2);
+    assert!(f.store.pending_callback(2).unwrap().is_none());
+}
+
+async fn failure_is_recorded_with_error_and_next_attempt(f: Fixture) {
+    f.store.enqueue_callbacks(bodies(1), 0).await.unwrap();
+    f.store.record_failure_lazy(1, 2, "HTTP 500".into(), 100, 6100).unwrap();
+    let cb = f.store.pending_callback(1).unwrap().unwrap();
+    assert_eq!(cb.attempts.failures, 2);
+    assert_eq!(cb.attempts.last_error.as_deref(), Some("HTTP 500"));
+    assert_eq!(cb.attempts.last_attempt_at, Some(100));
+    assert_eq!(cb.attempts.next_attempt_at, Some(6100));
+    assert_eq!(cb.body, b"{\"n\":0}", "recording a failure keeps the body");
+}
+
+async fn failure_of_an_unknown_callback_changes_nothing(f: Fixture) {
+    f.store.enqueue_callbacks(bodies(1), 0).await.unwrap();
+    f.store.record_failure_lazy(9, 1, "x".into(), 1, 2).unwrap();
+    assert!(f.store.pending_callback(9).unwrap().is_none());
+    assert_eq!(f.store.pending_callback_count(), 1);
+}
+
+async fn deleted_callback_leaves_the_queue_and_unknown_delete_says_so(f: Fixture) {
+    f.store.enqueue_callbacks(bodies(2), 0).await.unwrap();
+    assert!(f.store.delete_callback(1).await.unwrap());
+    assert!(!f.store.delete_callback(1).await.unwrap());
+    assert_eq!(f.store.pending_callbacks(None, 10).unwrap().len(), 1);
+}
+
+async fn seqs_are_never_reused_after_delivery(f: Fixture) {
+    let first = f.store.enqueue_callbacks(bodies(2), 0).await.unwrap();
+    for seq in first {
+        f.store.mark_delivered_lazy(seq).unwrap();
+    }
+    assert_eq!(f.store.enqueue_callbacks(bodies(1), 0).await.unwrap(), vec![3]);
+}
+
+async fn empty_batch_is_refused(f: Fixture) {
+    assert!(f.store.enqueue_callbacks(Vec::new(), 0).await.is_err());
+    assert_eq!(f.store.pending_callback_count(), 0);
+}
+
+async fn large_batch_is_split_but_keeps_one_seq_per_body(f: Fixture) {
+    let big: Vec<Vec<u8>> = (0..40).map(|i| vec![i as u8; 256 << 10]).collect();
+    let seqs = f.store.enqueue_callbacks(big, 0).await.unwrap();
+    assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
+    let window = f.store.pending_callbacks(None, 100).unwrap();
+    assert_eq!(window.len(), 40);
+    assert!(window.iter().all(|c| c.body.len() == 256 << 10 && c.body[0] == (c.seq - 1) as u8));
+}
+
+async fn accepted_message_is_stored_and_queued_for_sending(f: Fixture) {
+    let m = f.store.accept_message("m1".into(), "15551234".into(), b"{}".to_vec(), 7).await.unwrap();
+    assert_eq!(m.send_seq, 1);
+    let stored = f.store.message("m1").unwrap().unwrap();
+    assert_eq!(stored, m);
+    assert!(!stored.handed_to_gateway);
+    assert_eq!(f.store.send_queue(None, 10).unwrap(), vec![m]);
+    assert_eq!(f.store.send_queue_len(), 1);
+    assert_eq!(f.store.message_count(), 1);
+}
+
+async fn send_queue_is_in_acceptance_order(f: Fixture) {
+    for id in ["z", "a", "m"] {
+        f.store.accept_message(id.into(), "1".into(), vec![], 0).await.unwrap();
+    }
+    let ids: Vec<_> = f.store.send_queue(None, 10).unwrap().into_iter().map(|m| m.id).collect();
+    assert_eq!(ids, vec!["z", "a", "m"]);
+    let after_first: Vec<_> = f.store.send_queue(Some(1), 10).unwrap().into_iter().map(|m| m.id).collect();
+    assert_eq!(after_first, vec!["a", "m"]);
+}
+
+async fn handed_message_leaves_the_send_queue(f: Fixture) {
+    let m = f.store.accept_message("m1".into(), "1".into(), vec![], 0).await.unwrap();
+    f.store.mark_handed("m1", m.send_seq).await.unwrap();
+    assert!(f.store.send_queue(None, 10).unwrap().is_empty());
+    assert_eq!(f.store.send_queue_len(), 0);
+    assert!(f.store.message("m1").unwrap().unwrap().handed_to_gateway);
+}
+
+async fn each_status_is_recorded_once(f: Fixture) {
+    f.store.accept_message("m1".into(), "1".into(), vec![], 0).await.unwrap();
+    assert!(f.store.record_status("m1", "sent", 5, None).await.unwrap());
+    assert!(!f.store.record_status("m1", "sent", 6, None).await.unwrap());
+    assert!(f.store.record_status("m1", "delivered", 7, None).await.unwrap());
+    let statuses: Vec<_> = f.store.message("m1").unwrap().unwrap().statuses.into_iter().map(|s| (s.status, s.at)).collect();
+    assert_eq!(statuses, vec![("sent".to_string(), 5), ("delivered".to_string(), 7)]);
+}
+
+async fn status_of_unknown_message_is_not_recorded(f: Fixture) {
+    assert!(!f.store.record_status("nope", "sent", 1, None).await.unwrap());
+    assert!(f.store.message("nope").unwrap().is_none());
+}
+
+async fn deleted_messages_are_gone_from_store_and_queue(f: Fixture) {
+    f.store.accept_message("a".into(), "1".into(), vec![], 0).await.unwrap();
+    f.store.accept_message("b".into(), "1".into(), vec![], 0).await.unwrap();
+    f.store.delete_messages(vec!["a".into()]).await.unwrap();
+    assert!(f.store.message("a").unwrap().is_none());
+    assert_eq!(f.store.message_count(), 1);
+    let ids: Vec<_> = f.store.send_queue(None, 10).unwrap().into_iter().map(|m| m.id).collect();
+    assert_eq!(ids, vec!["b"]);
+}
+
+async fn message_ids_page_in_order(f: Fixture) {
+    for id in ["c", "a", "b"] {
+        f.store.accept_message(id.into(), "1".into(), vec![], 0).await.unwrap();
+    }
+    assert_eq!(f.store.message_ids(None, 2).unwrap(), vec!["a", "b"]);
+    assert_eq!(f.store.message_ids(Some("b"), 2).unwrap(), vec!["c"]);
+}
+
+async fn settings_are_written_together_and_removed_with_none(f: Fixture) {
+    f.store.put_settings(vec![("a".into(), Some(b"1".to_vec())), ("b".into(), Some(b"2".to_vec()))]).await.unwrap();
+    f.store.put_settings(vec![("a".into(), None), ("c".into(), Some(b"3".to_vec()))]).await.unwrap();
+    assert_eq!(f.store.setting("a").unwrap(), None);
+    assert_eq!(f.store.settings().unwrap(), vec![("b".to_string(), b"2".to_vec()), ("c".to_string(), b"3".to_vec())]);
+}
+
+async fn user_round_trips_and_deleting_revokes_their_tokens_only(f: Fixture) {
+    f.store.put_user(user("alice", Role::Admin)).await.unwrap();
+    f.store.put_user(user("bob", Role::User)).await.unwrap();
+    f.store.put_token(Token { hash: b"t-alice".to_vec(), user: "alice".into(), expires_at: 9 }).await.unwrap();
+    f.store.put_token(Token { hash: b"t-bob".to_vec(), user: "bob".into(), expires_at: 9 }).await.unwrap();
+    assert_eq!(f.store.user("bob").unwrap(), Some(user("bob", Role::User)));
+    f.store.delete_user("bob").await.unwrap();
+    assert_eq!(f.store.user("bob").unwrap(), None);
+    assert_eq!(f.store.token(b"t-bob").unwrap(), None);
+    assert!(f.store.token(b"t-alice").unwrap().is_some());
+    assert_eq!(f.store.users().unwrap().len(), 1);
+}
+
+async fn token_revocation_removes_only_that_token(f: Fixture) {
+    for t in [b"one".to_vec(), b"two".to_vec()] {
+        f.store.put_token(Token { hash: t, user: "alice".into(), expires_at: 9 }).await.unwrap();
+    }
+    f.store.revoke_token(b"one".to_vec()).await.unwrap();
+    assert!(f.store.token(b"one").unwrap().is_none());
+    assert!(f.store.token(b"two").unwrap().is_some());
+}
+
+async fn cursors_are_named_values(f: Fixture) {
+    assert_eq!(f.store.cursor("mirror").unwrap(), None);
+    f.store.set_cursor("mirror", 41).await.unwrap();
+    f.store.set_cursor("mirror", 42).await.unwrap();
+    assert_eq!(f.store.cursor("mirror").unwrap(), Some(42));
+}
+
+// ---- recovery: the durable store only ---------------------------------------------------------
+
+fn reopen(dir: &std::path::Path) -> (Store, coreq_storage::RecoveryReport) {
+    Store::open(StoreConfig::new(dir)).expect("reopen")
+}
+
+#[tokio::test]
+async fn state_is_rebuilt_from_the_wal_alone_when_sled_is_lost_before_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _) = reopen(dir.path());
+        store.enqueue_callbacks(bodies(3), 1).await.unwrap();
+        store.put_settings(vec![("k".into(), Some(b"v".to_vec()))]).await.unwrap();
+        store.accept_message("m".into(), "1".into(), vec![], 0).await.unwrap();
+        store.mark_delivered_lazy(2).unwrap();
+    }
+    // Only the WAL is left: the state must be exactly its fold.
+    std::fs::remove_dir_all(dir.path().join("state")).unwrap();
+    let (store, report) = reopen(dir.path());
+    assert_eq!(report.checkpoint_lsn, 0);
+    assert_eq!(report.replayed, 4);
+    let seqs: Vec<_> = store.pending_callbacks(None, 10).unwrap().into_iter().map(|c| c.seq).collect();
+    assert_eq!(seqs, vec![1, 3]);
+    assert_eq!(store.setting("k").unwrap(), Some(b"v".to_vec()));
+    assert_eq!(store.send_queue_len(), 1);
+    assert_eq!(store.enqueue_callbacks(bodies(1), 0).await.unwrap(), vec![4]);
+}
+
+#[tokio::test]
+async fn seqs_continue_after_restart_even_when_everything_was_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _) = reopen(dir.path());
+        for seq in store.enqueue_callbacks(bodies(4), 0).await.unwrap() {
+            store.mark_delivered_lazy(seq).unwrap();
+        }
+        store.checkpoint().unwrap();
+    }
+    let (store, _) = reopen(dir.path());
+    assert_eq!(store.pending_callback_count(), 0);
+    assert_eq!(store.enqueue_callbacks(bodies(1), 0).await.unwrap(), vec![5]);
+}
+
+#[tokio::test]
+async fn attempt_counts_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _) = reopen(dir.path());
+        store.enqueue_callbacks(bodies(1), 0).await.unwrap();
+        store.record_failure_lazy(1, 3, "timeout".into(), 10, 9010).unwrap();
+        store.checkpoint().unwrap();
+    }
+    let (store, _) = reopen(dir.path());
+    let cb = store.pending_callback(1).unwrap().unwrap();
+    assert_eq!((cb.attempts.failures, cb.attempts.next_attempt_at), (3, Some(9010)));
+}
+
+#[tokio::test]
+async fn checkpoint_lets_the_wal_drop_old_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StoreConfig::new(dir.path());
+    config.wal.segment_bytes = 4096;
+    let (store, _) = Store::open(config.clone()).unwrap();
+    for _ in 0..50 {
+        store.enqueue_callbacks(bodies(10), 0).await.unwrap();
+    }
+    let before = store.wal_stats().unwrap();
+    let checkpoint = store.checkpoint().unwrap();
+    let after = store.wal_stats().unwrap();
+    assert_eq!(checkpoint.lsn, before.durable_lsn);
+    assert!(after.segments < before.segments, "{before:?} -> {after:?}");
+    drop(store);
+    let (store, _) = Store::open(config).unwrap();
+    assert_eq!(store.pending_callback_count(), 500);
+}
+
+#[tokio::test]
+async fn a_retaining_cursor_holds_the_wal_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StoreConfig::new(dir.path());
+    config.wal.segment_bytes = 4096;
+    config.retaining_cursors = vec!["mirror".into()];
+    let (store, _) = Store::open(config).unwrap();
+    store.set_cursor("mirror", 1).await.unwrap();
+    for _ in 0..50 {
+        store.enqueue_callbacks(bodies(10), 0).await.unwrap();
+    }
+    store.checkpoint().unwrap();
+    assert_eq!(store.wal_stats().unwrap().first_lsn, 1, "records after the mirror's lsn are kept");
+    store.set_cursor("mirror", store.wal_stats().unwrap().durable_lsn).await.unwrap();
+    store.checkpoint().unwrap();
+    assert!(store.wal_stats().unwrap().first_lsn > 1);
+}
+
+#[tokio::test]
+async fn a_lost_wal_is_refused_instead_of_reusing_lsns() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _) = reopen(dir.path());
+        store.enqueue_callbacks(bodies(2), 0).await.unwrap();
+        store.checkpoint().unwrap();
+    }
+    std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
+    let err = Store::open(StoreConfig::new(dir.path())).err().expect("refused");
+    assert!(err.to_string().contains("lost or replaced"), "{err}");
+}
+
+#[tokio::test]
+async fn memory_store_is_volatile_and_sled_store_is_not() {
+    assert!(Store::memory().is_volatile());
+    assert!(!sled().store.is_volatile());
+}
