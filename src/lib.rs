@@ -1,1 +1,12 @@
+//! `coreq` — the service: configuration, the HTTP API and the engine, composed over
+//! `coreq-storage` (state) and `coreq-wal` (the log). `main` parses the command line and calls
+//! [`run`]; tests call the same function on port 0.
 
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod error;
+mod server;
+pub mod telemetry;
+
+pub use server::{run, shutdown_signal};

@@ -1,1 +1,92 @@
-fn main(){}
+//! The `coreq` binary: parse, validate, then hand over to `coreq::run`. The only place that
+//! reads the environment (through clap and `secrets_from_env`).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use coreq::config::{Cli, Command, Config, EnvSecrets, OnPremDbEnv};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Verify { data_dir } => verify(&data_dir),
+    }
+}
+
+fn secrets_from_env() -> EnvSecrets {
+    let var = |name: &str| std::env::var(name).ok();
+    EnvSecrets {
+        api_key: var("WA_API_KEY"),
+        admin_password: var("COREQ_ADMIN_PASSWORD"),
+        db: OnPremDbEnv {
+            engine: var("WA_DB_ENGINE"),
+            hostname: var("WA_DB_HOSTNAME"),
+            port: var("WA_DB_PORT"),
+            username: var("WA_DB_USERNAME"),
+            password: var("WA_DB_PASSWORD"),
+            name_prefix: var("WA_DB_NAME_PREFIX"),
+        },
+    }
+}
+
+fn serve(args: coreq::config::ServeArgs) -> ExitCode {
+    let config = match Config::from_args(args, secrets_from_env()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("coreq: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = std::env::var("COREQ_LOG").unwrap_or_else(|_| "info".into());
+    if let Err(e) = coreq::telemetry::init(&config.log_dir, &filter) {
+        eprintln!("coreq: invalid configuration: --log-dir/COREQ_LOG_DIR: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("coreq: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&config.listen).await?;
+        coreq::run(config, listener, coreq::shutdown_signal()).await
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "coreq stopped");
+            eprintln!("coreq: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn verify(data_dir: &std::path::Path) -> ExitCode {
+    let config = coreq_storage::StoreConfig::new(data_dir);
+    let report = coreq_wal::Wal::<coreq_storage::Change>::open(config.wal).and_then(|(wal, _)| wal.verify());
+    match report {
+        Ok(report) => {
+            println!(
+                "segments {} records {} bytes {} first {:?} last {:?} damaged {} gaps {:?}",
+                report.segments,
+                report.records,
+                report.bytes,
+                report.first_lsn,
+                report.last_lsn,
+                report.damage.len(),
+                report.gaps
+            );
+            for (segment, damage) in &report.damage {
+                println!("damaged {} offset {} len {} {}", segment.display(), damage.offset, damage.len, damage.reason);
+            }
+            if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Err(e) => {
+            eprintln!("coreq verify: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

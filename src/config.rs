@@ -1,0 +1,417 @@
+//! Start-up configuration: every setting of spec §1, from flags or the environment, validated
+//! once. A bad value stops the process before anything is opened, with one line naming the
+//! setting. Runtime settings (the settings API) are stored state, not configuration.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// coreq: durable delivery of messages and webhook callbacks.
+#[derive(Debug, Parser)]
+#[command(name = "coreq", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service.
+    Serve(ServeArgs),
+    /// Scan the write-ahead log of a data directory (the service must be stopped) and report.
+    Verify {
+        #[arg(long, env = "COREQ_DATA_DIR", default_value = "./coreq-data")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GatewayKind {
+    /// No gateway: messages wait; health reports `unregistered`.
+    None,
+    /// The in-process simulator.
+    Sim,
+    /// POST each message to `--gateway-url`.
+    Http,
+}
+
+/// The flags and variables of spec §1, as given.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "COREQ_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Directory for the WAL and the state.
+    #[arg(long, env = "COREQ_DATA_DIR", default_value = "./coreq-data")]
+    pub data_dir: PathBuf,
+    /// Directory for log files (default: <data-dir>/logs).
+    #[arg(long, env = "COREQ_LOG_DIR")]
+    pub log_dir: Option<PathBuf>,
+    /// Mirror database URL (`postgres://…` or `mysql://…`).
+    #[arg(long, env = "COREQ_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Gateway to the WhatsApp network.
+    #[arg(long, env = "COREQ_GATEWAY", value_enum, default_value = "none")]
+    pub gateway: GatewayKind,
+    /// Upstream of the `http` gateway.
+    #[arg(long, env = "COREQ_GATEWAY_URL")]
+    pub gateway_url: Option<String>,
+    /// PEM certificate chain for serving the API over TLS.
+    #[arg(long, env = "COREQ_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for serving the API over TLS.
+    #[arg(long, env = "COREQ_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Extra CA (PEM) trusted for webhook HTTPS, besides the system roots.
+    #[arg(long, env = "COREQ_WEBHOOK_CA")]
+    pub webhook_ca: Option<PathBuf>,
+    /// Allow `http://` webhook URLs (development only).
+    #[arg(long, env = "COREQ_ALLOW_HTTP_WEBHOOKS", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    pub allow_http_webhooks: bool,
+    /// How often the state is checkpointed and the WAL truncated, in milliseconds.
+    #[arg(long, env = "COREQ_CHECKPOINT_INTERVAL_MS", default_value = "1000")]
+    pub checkpoint_interval_ms: u64,
+    /// sled's page cache, in MiB.
+    #[arg(long, env = "COREQ_STATE_CACHE_MB", default_value = "64")]
+    pub state_cache_mb: u64,
+}
+
+/// The On-Premises database variables (spec §1), read by `main` alongside the flags.
+#[derive(Debug, Clone, Default)]
+pub struct OnPremDbEnv {
+    pub engine: Option<String>,
+    pub hostname: Option<String>,
+    pub port: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub name_prefix: Option<String>,
+}
+
+/// Secrets and On-Premises variables that are not flags.
+#[derive(Debug, Clone, Default)]
+pub struct EnvSecrets {
+    pub api_key: Option<String>,
+    pub admin_password: Option<String>,
+    pub db: OnPremDbEnv,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbEngine {
+    Postgres,
+    Mysql,
+}
+
+/// Where the mirror goes.
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    pub engine: DbEngine,
+    /// Connection URL (holds credentials: never log it).
+    pub url: String,
+    /// Prefix of the mirror's table names (`WA_DB_NAME_PREFIX`).
+    pub name_prefix: String,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig").field("engine", &self.engine).field("url", &"****").field("name_prefix", &self.name_prefix).finish()
+    }
+}
+
+/// The validated configuration every part of coreq is built from.
+#[derive(Clone)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub log_dir: PathBuf,
+    /// `WA_API_KEY`: 12–128 characters, or API-key auth off.
+    pub api_key: Option<String>,
+    /// `COREQ_ADMIN_PASSWORD`.
+    pub admin_password: Option<String>,
+    pub database: Option<DatabaseConfig>,
+    pub gateway: GatewayKind,
+    pub gateway_url: Option<url::Url>,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub webhook_ca: Option<PathBuf>,
+    pub allow_http_webhooks: bool,
+    pub checkpoint_interval: Duration,
+    pub state_cache_bytes: u64,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("log_dir", &self.log_dir)
+            .field("api_key", &self.api_key.as_ref().map(|_| "****"))
+            .field("admin_password", &self.admin_password.as_ref().map(|_| "****"))
+            .field("database", &self.database)
+            .field("gateway", &self.gateway)
+            .field("gateway_url", &self.gateway_url.as_ref().map(|u| u.as_str()))
+            .field("tls", &self.tls)
+            .field("webhook_ca", &self.webhook_ca)
+            .field("allow_http_webhooks", &self.allow_http_webhooks)
+            .field("checkpoint_interval", &self.checkpoint_interval)
+            .field("state_cache_bytes", &self.state_cache_bytes)
+            .finish()
+    }
+}
+
+/// A configuration refused: `setting` names the flag or variable, `problem` says why.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {setting}: {problem}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub problem: String,
+}
+
+fn bad(setting: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError { setting, problem: problem.into() }
+}
+
+impl Config {
+    /// Validates the arguments and variables; touches the file system only to check that the
+    /// directories can be created and written.
+    pub fn from_args(args: ServeArgs, env: EnvSecrets) -> Result<Config, ConfigError> {
+        if args.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(bad("--listen/COREQ_LISTEN", format!("{:?} is not an address like 127.0.0.1:8080", args.listen)));
+        }
+        ensure_writable_dir(&args.data_dir).map_err(|p| bad("--data-dir/COREQ_DATA_DIR", p))?;
+        let log_dir = args.log_dir.clone().unwrap_or_else(|| args.data_dir.join("logs"));
+        ensure_writable_dir(&log_dir).map_err(|p| bad("--log-dir/COREQ_LOG_DIR", p))?;
+        let api_key = validate_api_key(env.api_key)?;
+        let database = database_config(args.database_url.as_deref(), &env.db)?;
+        let gateway_url = gateway_url(args.gateway, args.gateway_url.as_deref())?;
+        let tls = match (args.tls_cert, args.tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                readable(&cert).map_err(|p| bad("--tls-cert/COREQ_TLS_CERT", p))?;
+                readable(&key).map_err(|p| bad("--tls-key/COREQ_TLS_KEY", p))?;
+                Some((cert, key))
+            }
+            (Some(_), None) => return Err(bad("--tls-key/COREQ_TLS_KEY", "required with --tls-cert")),
+            (None, Some(_)) => return Err(bad("--tls-cert/COREQ_TLS_CERT", "required with --tls-key")),
+        };
+        if let Some(ca) = &args.webhook_ca {
+            readable(ca).map_err(|p| bad("--webhook-ca/COREQ_WEBHOOK_CA", p))?;
+        }
+        if args.checkpoint_interval_ms == 0 || args.checkpoint_interval_ms > 3_600_000 {
+            return Err(bad("--checkpoint-interval-ms/COREQ_CHECKPOINT_INTERVAL_MS", "must be 1..=3600000"));
+        }
+        if !(1..=65_536).contains(&args.state_cache_mb) {
+            return Err(bad("--state-cache-mb/COREQ_STATE_CACHE_MB", "must be 1..=65536"));
+        }
+        Ok(Config {
+            listen: args.listen,
+            data_dir: args.data_dir,
+            log_dir,
+            api_key,
+            admin_password: env.admin_password,
+            database,
+            gateway: args.gateway,
+            gateway_url,
+            tls,
+            webhook_ca: args.webhook_ca,
+            allow_http_webhooks: args.allow_http_webhooks,
+            checkpoint_interval: Duration::from_millis(args.checkpoint_interval_ms),
+            state_cache_bytes: args.state_cache_mb << 20,
+        })
+    }
+
+    /// The storage layout under the data directory.
+    pub fn store_config(&self) -> coreq_storage::StoreConfig {
+        let mut store = coreq_storage::StoreConfig::new(&self.data_dir);
+        store.sled.cache_capacity_bytes = self.state_cache_bytes;
+        store
+    }
+}
+
+fn validate_api_key(key: Option<String>) -> Result<Option<String>, ConfigError> {
+    match key {
+        Some(k) if !(12..=128).contains(&k.chars().count()) => {
+            Err(bad("WA_API_KEY", format!("must be 12 to 128 characters, got {}", k.chars().count())))
+        }
+        other => Ok(other),
+    }
+}
+
+fn database_config(url: Option<&str>, db: &OnPremDbEnv) -> Result<Option<DatabaseConfig>, ConfigError> {
+    let name_prefix = db.name_prefix.clone().unwrap_or_default();
+    if !name_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || name_prefix.len() > 32 {
+        return Err(bad("WA_DB_NAME_PREFIX", "only letters, digits and _ (at most 32)"));
+    }
+    if let Some(url) = url {
+        let parsed = url::Url::parse(url).map_err(|e| bad("--database-url/COREQ_DATABASE_URL", format!("malformed URL: {e}")))?;
+        let engine = match parsed.scheme() {
+            "postgres" | "postgresql" => DbEngine::Postgres,
+            "mysql" | "mariadb" => DbEngine::Mysql,
+            other => return Err(bad("--database-url/COREQ_DATABASE_URL", format!("scheme {other:?} is not postgres:// or mysql://"))),
+        };
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err(bad("--database-url/COREQ_DATABASE_URL", "no host"));
+        }
+        return Ok(Some(DatabaseConfig { engine, url: url.to_owned(), name_prefix }));
+    }
+    let Some(engine) = db.engine.as_deref() else { return Ok(None) };
+    let (engine, scheme, default_port) = match engine {
+        "PGSQL" => (DbEngine::Postgres, "postgres", "5432"),
+        "MYSQL" => (DbEngine::Mysql, "mysql", "3306"),
+        other => return Err(bad("WA_DB_ENGINE", format!("{other:?} is not PGSQL or MYSQL"))),
+    };
+    let host = db.hostname.as_deref().filter(|h| !h.is_empty()).ok_or_else(|| bad("WA_DB_HOSTNAME", "required with WA_DB_ENGINE"))?;
+    let port = db.port.as_deref().unwrap_or(default_port);
+    port.parse::<u16>().map_err(|_| bad("WA_DB_PORT", format!("{port:?} is not a port number")))?;
+    let mut url = url::Url::parse(&format!("{scheme}://{host}:{port}/")).map_err(|e| bad("WA_DB_HOSTNAME", e.to_string()))?;
+    if let Some(user) = &db.username {
+        url.set_username(user).map_err(|_| bad("WA_DB_USERNAME", "not usable in a URL"))?;
+    }
+    if let Some(password) = &db.password {
+        url.set_password(Some(password)).map_err(|_| bad("WA_DB_PASSWORD", "not usable in a URL"))?;
+    }
+    Ok(Some(DatabaseConfig { engine, url: url.to_string(), name_prefix }))
+}
+
+fn gateway_url(kind: GatewayKind, url: Option<&str>) -> Result<Option<url::Url>, ConfigError> {
+    match (kind, url) {
+        (GatewayKind::Http, None) => Err(bad("--gateway-url/COREQ_GATEWAY_URL", "required with --gateway http")),
+        (_, None) => Ok(None),
+        (_, Some(u)) => {
+            let parsed = url::Url::parse(u).map_err(|e| bad("--gateway-url/COREQ_GATEWAY_URL", format!("malformed URL: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(bad("--gateway-url/COREQ_GATEWAY_URL", "must be http:// or https://"));
+            }
+            Ok(Some(parsed))
+        }
+    }
+}
+
+fn ensure_writable_dir(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let probe = dir.join(".coreq-write-probe");
+    std::fs::write(&probe, b"").map_err(|e| format!("{} is not writable: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+fn readable(path: &Path) -> Result<(), String> {
+    std::fs::File::open(path).map(|_| ()).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(dir: &Path) -> ServeArgs {
+        let cli = Cli::try_parse_from(["coreq", "serve", "--data-dir", dir.to_str().unwrap()]).unwrap();
+        match cli.command {
+            Command::Serve(a) => a,
+            Command::Verify { .. } => unreachable!(),
+        }
+    }
+
+    fn refused(args: ServeArgs, env: EnvSecrets) -> ConfigError {
+        Config::from_args(args, env).err().expect("refused")
+    }
+
+    #[test]
+    fn defaults_validate_and_put_logs_under_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::from_args(args(dir.path()), EnvSecrets::default()).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:8080");
+        assert_eq!(config.log_dir, dir.path().join("logs"));
+        assert_eq!(config.gateway, GatewayKind::None);
+        assert!(config.database.is_none());
+    }
+
+    #[test]
+    fn short_api_key_is_refused_naming_wa_api_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = EnvSecrets { api_key: Some("short".into()), ..Default::default() };
+        assert_eq!(refused(args(dir.path()), env).setting, "WA_API_KEY");
+    }
+
+    #[test]
+    fn long_api_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = EnvSecrets { api_key: Some("k".repeat(129)), ..Default::default() };
+        assert_eq!(refused(args(dir.path()), env).setting, "WA_API_KEY");
+    }
+
+    #[test]
+    fn unwritable_data_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"").unwrap();
+        let err = refused(args(&file.join("sub")), EnvSecrets::default());
+        assert_eq!(err.setting, "--data-dir/COREQ_DATA_DIR");
+    }
+
+    #[test]
+    fn unknown_gateway_is_refused_by_the_parser() {
+        assert!(Cli::try_parse_from(["coreq", "serve", "--gateway", "carrier-pigeon"]).is_err());
+    }
+
+    #[test]
+    fn http_gateway_without_url_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = args(dir.path());
+        a.gateway = GatewayKind::Http;
+        assert_eq!(refused(a, EnvSecrets::default()).setting, "--gateway-url/COREQ_GATEWAY_URL");
+    }
+
+    #[test]
+    fn malformed_database_url_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for url in ["not a url", "redis://localhost/0", "postgres:///nohost"] {
+            let mut a = args(dir.path());
+            a.database_url = Some(url.into());
+            assert_eq!(refused(a, EnvSecrets::default()).setting, "--database-url/COREQ_DATABASE_URL", "{url}");
+        }
+    }
+
+    #[test]
+    fn on_premises_db_variables_make_a_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = OnPremDbEnv {
+            engine: Some("MYSQL".into()),
+            hostname: Some("db.local".into()),
+            username: Some("wa".into()),
+            password: Some("p@ss".into()),
+            name_prefix: Some("wa_".into()),
+            ..Default::default()
+        };
+        let config = Config::from_args(args(dir.path()), EnvSecrets { db, ..Default::default() }).unwrap();
+        let database = config.database.unwrap();
+        assert_eq!(database.engine, DbEngine::Mysql);
+        assert_eq!(database.url, "mysql://wa:p%40ss@db.local:3306/");
+        assert_eq!(database.name_prefix, "wa_");
+    }
+
+    #[test]
+    fn unknown_db_engine_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = OnPremDbEnv { engine: Some("ORACLE".into()), ..Default::default() };
+        assert_eq!(refused(args(dir.path()), EnvSecrets { db, ..Default::default() }).setting, "WA_DB_ENGINE");
+    }
+
+    #[test]
+    fn tls_cert_without_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = args(dir.path());
+        a.tls_cert = Some(dir.path().join("cert.pem"));
+        assert_eq!(refused(a, EnvSecrets::default()).setting, "--tls-key/COREQ_TLS_KEY");
+    }
+
+    #[test]
+    fn debug_output_masks_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = args(dir.path());
+        a.database_url = Some("postgres://u:hunter2@localhost/db".into());
+        let env = EnvSecrets { api_key: Some("abcdefghijklmnop".into()), admin_password: Some("Secret1!".into()), ..Default::default() };
+        let text = format!("{:?}", Config::from_args(a, env).unwrap());
+        for secret in ["hunter2", "abcdefghijklmnop", "Secret1!"] {
+            assert!(!text.contains(secret), "{secret} leaked in {text}");
+        }
+    }
+}

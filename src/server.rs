@@ -1,0 +1,105 @@
+//! `run`: the seam between `main` and the service. It serves HTTP at once (so `/livez` answers
+//! during recovery), recovers the store off the async workers, then keeps it checkpointed until
+//! `shutdown` resolves, and finally drains and checkpoints once more.
+
+use std::future::Future;
+use std::time::Duration;
+
+use coreq_storage::Store;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::error::ServeError;
+
+/// Runs the service on `listener` until `shutdown` resolves. Returns an error (and the process
+/// exits non-zero) if recovery fails or a checkpoint's flush fails: both are fatal.
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    if config.tls.is_some() {
+        return Err(ServeError::Unsupported("serving the API over TLS (--tls-cert/--tls-key); terminate TLS in front of coreq for now"));
+    }
+    let state = AppState::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(serve_http(listener, state.clone(), stop_rx.clone()));
+    tokio::pin!(shutdown);
+
+    let store_config = config.store_config();
+    let recovery = tokio::task::spawn_blocking(move || Store::open(store_config));
+    let store = tokio::select! {
+        recovered = recovery => recovered.map_err(|e| ServeError::Task(e.to_string()))??.0,
+        () = &mut shutdown => {
+            let _ = stop_tx.send(true);
+            let _ = server.await;
+            return Ok(());
+        }
+    };
+    state.set_ready(store.clone());
+    tracing::info!(listen = %config.listen, "coreq ready");
+
+    let checkpointer = tokio::spawn(checkpoint_loop(store.clone(), config.checkpoint_interval, stop_rx));
+    tokio::pin!(checkpointer);
+    let outcome = tokio::select! {
+        () = &mut shutdown => Ok(()),
+        ended = &mut checkpointer => ended.map_err(|e| ServeError::Task(e.to_string())).and_then(|r| r),
+    };
+    tracing::info!("coreq shutting down");
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    if outcome.is_ok() {
+        checkpoint(&store).await?;
+    }
+    outcome
+}
+
+async fn serve_http(listener: TcpListener, state: AppState, mut stop: watch::Receiver<bool>) -> std::io::Result<()> {
+    let app = api::router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stopped(&mut stop).await })
+        .await
+}
+
+/// Checkpoints every `interval` until told to stop. A failed checkpoint is fatal.
+async fn checkpoint_loop(store: Store, interval: Duration, mut stop: watch::Receiver<bool>) -> Result<(), ServeError> {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => checkpoint(&store).await?,
+            () = stopped(&mut stop) => return Ok(()),
+        }
+    }
+}
+
+/// Resolves once the stop flag is set (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+async fn checkpoint(store: &Store) -> Result<(), ServeError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.checkpoint()).await.map_err(|e| ServeError::Task(e.to_string()))??;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM; only SIGINT will stop coreq");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
