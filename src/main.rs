@@ -7,7 +7,17 @@ use clap::Parser;
 use coreq::config::{Cli, Command, Config, EnvSecrets, OnPremDbEnv};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // One line naming the setting (clap's own message spans several).
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("unusable arguments").trim_start_matches("error: ");
+            eprintln!("coreq: invalid configuration: {first}");
+            return ExitCode::from(2);
+        }
+    };
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Verify { data_dir } => verify(&data_dir),

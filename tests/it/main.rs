@@ -1,0 +1,5 @@
+//! Black-box tests of the service: the real router on an ephemeral port, and the real binary.
+
+mod http;
+mod serve;
+mod startup;
