@@ -311,7 +311,7 @@ mod tests {
     }
 
     fn refused(args: ServeArgs, env: EnvSecrets) -> ConfigError {
-        Config::from_args(args, env).err().expect("refused")
+        Config::from_args(args, env).expect_err("refused")
     }
 
     #[test]
