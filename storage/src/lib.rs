@@ -84,6 +84,12 @@ struct Inner {
     /// Allocates ids and orders WAL submission, so that LSN order is id order.
     sequencer: Mutex<Counters>,
     applied: Watermark,
+    /// Highest callback seq below which every enqueued callback is applied. Enqueues finish in
+    /// any order; readers see only this prefix, so the head never shows a later callback while
+    /// an earlier one is still being applied (FIFO delivery depends on it).
+    visible_callbacks: Watermark,
+    /// The same for the send queue.
+    visible_sends: Watermark,
     checkpointing: Mutex<()>,
     retaining_cursors: Vec<String>,
     poisoned: Mutex<Option<String>>,
@@ -108,6 +114,8 @@ impl Store {
                 state,
                 sequencer: Mutex::new(counters),
                 applied: Watermark::new(applied),
+                visible_callbacks: Watermark::new(counters.next_callback_seq - 1),
+                visible_sends: Watermark::new(counters.next_send_seq - 1),
                 checkpointing: Mutex::new(()),
                 retaining_cursors: retaining,
                 poisoned: Mutex::new(None),
@@ -159,13 +167,21 @@ impl Store {
         self.inner.poisoned.lock().expect("poison lock").get_or_insert_with(|| err.to_string());
     }
 
-    /// Allocates ids with `build` and queues the records, in one critical section.
+    /// Allocates ids with `build` and queues the records, in one critical section. If the log
+    /// refuses them, the ids are given back: an id never used would hold visibility back.
     fn submit(&self, build: impl FnOnce(&mut Counters) -> Vec<Change>) -> Result<(Vec<Change>, Option<coreq_wal::Ticket>)> {
         self.check_poison()?;
         let mut counters = self.inner.sequencer.lock().expect("sequencer lock");
+        let before = *counters;
         let changes = build(&mut counters);
         let ticket = match &self.inner.wal {
-            Some(wal) => Some(wal.submit(&changes)?),
+            Some(wal) => match wal.submit(&changes) {
+                Ok(ticket) => Some(ticket),
+                Err(e) => {
+                    *counters = before;
+                    return Err(e.into());
+                }
+            },
             None => None,
         };
         Ok((changes, ticket))
@@ -176,6 +192,15 @@ impl Store {
             if let Err(e) = self.inner.state.apply(change) {
                 self.poison(&e);
                 return Err(e);
+            }
+        }
+        for change in changes {
+            match change {
+                Change::CallbacksEnqueued { first_seq, bodies, .. } => {
+                    self.inner.visible_callbacks.mark(*first_seq..=first_seq + bodies.len() as u64 - 1);
+                }
+                Change::MessageAccepted { message } => self.inner.visible_sends.mark(message.send_seq..=message.send_seq),
+                _ => {}
             }
         }
         if let Some(lsns) = lsns {
@@ -254,8 +279,13 @@ impl Store {
         Ok(true)
     }
 
+    /// Up to `limit` pending callbacks after `after`, oldest first: only the prefix whose
+    /// enqueues have all completed (see `visible_callbacks`).
     pub fn pending_callbacks(&self, after: Option<CallbackSeq>, limit: usize) -> Result<Vec<PendingCallback>> {
-        self.inner.state.pending_callbacks(after, limit)
+        let visible = self.inner.visible_callbacks.get();
+        let mut window = self.inner.state.pending_callbacks(after, limit)?;
+        window.retain(|c| c.seq <= visible);
+        Ok(window)
     }
 
     pub fn pending_callback(&self, seq: CallbackSeq) -> Result<Option<PendingCallback>> {
@@ -314,8 +344,13 @@ impl Store {
         self.inner.state.message(id)
     }
 
+    /// Up to `limit` messages waiting for the gateway after `after`, in acceptance order: only
+    /// the prefix whose acceptances have all completed.
     pub fn send_queue(&self, after: Option<SendSeq>, limit: usize) -> Result<Vec<Message>> {
-        self.inner.state.send_queue(after, limit)
+        let visible = self.inner.visible_sends.get();
+        let mut queue = self.inner.state.send_queue(after, limit)?;
+        queue.retain(|m| m.send_seq <= visible);
+        Ok(queue)
     }
 
     pub fn send_queue_len(&self) -> u64 {

@@ -59,6 +59,67 @@ suite!(
     cursors_are_named_values,
 );
 
+/// Concurrent enqueues finish (are applied) in any order; a reader of the head must still never
+/// see a seq while a lower one is missing, or it would deliver out of order.
+macro_rules! concurrent_suite {
+    ($($name:ident),* $(,)?) => {
+        mod memory_backend_concurrent { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::memory()).await } )* }
+        mod sled_backend_concurrent { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::sled()).await } )* }
+    };
+}
+
+concurrent_suite!(head_of_the_queue_never_shows_a_hole_under_concurrent_enqueues, send_queue_never_shows_a_hole_under_concurrent_accepts);
+
+async fn head_of_the_queue_never_shows_a_hole_under_concurrent_enqueues(f: Fixture) {
+    let store = f.store.clone();
+    let writers: Vec<_> = (0..32)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for _ in 0..20 {
+                    store.enqueue_callbacks(bodies(3), 0).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut observations = 0;
+    while writers.iter().any(|w| !w.is_finished()) && observations < 100_000 {
+        let seqs: Vec<u64> = store.pending_callbacks(None, 10_000).unwrap().iter().map(|c| c.seq).collect();
+        assert!(seqs.iter().copied().eq(1..=seqs.len() as u64), "hole at the head: {:?}", &seqs[..seqs.len().min(40)]);
+        observations += 1;
+        tokio::task::yield_now().await;
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert_eq!(store.pending_callbacks(None, 10_000).unwrap().len(), 32 * 20 * 3);
+}
+
+async fn send_queue_never_shows_a_hole_under_concurrent_accepts(f: Fixture) {
+    let store = f.store.clone();
+    let writers: Vec<_> = (0..32)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..20 {
+                    store.accept_message(format!("m-{w}-{i}"), "1".into(), vec![], 0).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut observations = 0;
+    while writers.iter().any(|w| !w.is_finished()) && observations < 100_000 {
+        let seqs: Vec<u64> = store.send_queue(None, 10_000).unwrap().iter().map(|m| m.send_seq).collect();
+        assert!(seqs.iter().copied().eq(1..=seqs.len() as u64), "hole in the send queue: {:?}", &seqs[..seqs.len().min(40)]);
+        observations += 1;
+        tokio::task::yield_now().await;
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert_eq!(store.send_queue_len(), 32 * 20);
+}
+
 async fn enqueue_returns_consecutive_seqs_in_order(f: Fixture) {
     let a = f.store.enqueue_callbacks(bodies(3), 10).await.unwrap();
     let b = f.store.enqueue_callbacks(bodies(2), 11).await.unwrap();
