@@ -321,6 +321,8 @@ impl Store {
     }
 
     /// Records a status of a message once; returns false if it already had it (durable).
+    /// Callers serialize status updates of one message (the gateway's event stream has one
+    /// consumer); two concurrent calls with the same status could both return true.
     pub async fn record_status(&self, id: &str, status: &str, at: UnixMillis, errors: Option<Vec<u8>>) -> Result<bool> {
         match self.inner.state.message(id)? {
             Some(m) if !m.has_status(status) => {}

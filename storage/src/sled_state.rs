@@ -97,6 +97,14 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
     postcard::from_bytes(bytes).map_err(|source| StorageError::Decode { key: String::from_utf8_lossy(key).into_owned(), source })
 }
 
+/// A cursor value: 8 big-endian bytes. Anything else is damage, reported rather than read as 0.
+fn be_u64(key: &[u8], value: &[u8]) -> Result<u64> {
+    let bytes: [u8; 8] = value.try_into().map_err(|_| {
+        StorageError::Invalid(format!("cursor {} holds {} bytes, not 8", String::from_utf8_lossy(key), value.len()))
+    })?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
 impl SledState {
     pub fn open(config: &SledConfig) -> Result<SledState> {
         let db = sled::Config::new()
@@ -419,7 +427,8 @@ impl State for SledState {
     }
 
     fn cursor(&self, name: &str) -> Result<Option<u64>> {
-        Ok(self.db.get(key(b'r', name.as_bytes()))?.map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))))
+        let k = key(b'r', name.as_bytes());
+        self.db.get(&k)?.map(|v| be_u64(&k, &v)).transpose()
     }
 
     fn cursors(&self) -> Result<Vec<(String, u64)>> {
@@ -427,7 +436,7 @@ impl State for SledState {
             .scan_prefix([b'r'])
             .map(|kv| {
                 let (k, v) = kv?;
-                Ok((String::from_utf8_lossy(&k[1..]).into_owned(), u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))))
+                Ok((String::from_utf8_lossy(&k[1..]).into_owned(), be_u64(&k, &v)?))
             })
             .collect()
     }
