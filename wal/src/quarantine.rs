@@ -18,12 +18,14 @@ impl Quarantine {
         Quarantine { dir }
     }
 
-    /// Copies `bytes` (found in `segment` at `offset`) to the quarantine. Idempotent: the same
-    /// damage found twice (by recovery, then by `verify`) is one file.
+    /// Copies `bytes` (found in `segment` at `offset`) to the quarantine. The same damage found
+    /// twice (by recovery, then by `verify`) is one file; different bytes at the same place (a
+    /// second torn tail after a second crash) are another, because the name carries their CRC.
     pub(crate) fn keep(&self, segment: &Path, offset: u64, bytes: &[u8], reason: &str) -> Result<PathBuf> {
         fs::create_dir_all(&self.dir).map_err(WalError::io(&self.dir))?;
         let stem = segment.file_stem().and_then(|s| s.to_str()).unwrap_or("segment");
-        let path = self.dir.join(format!("{stem}-{offset:012}.bin"));
+        let crc = crc32fast::hash(bytes);
+        let path = self.dir.join(format!("{stem}-{offset:012}-{crc:08x}.bin"));
         if !path.exists() {
             fs::write(&path, bytes).map_err(WalError::io(&path))?;
             let why = path.with_extension("why");

@@ -99,16 +99,21 @@ impl<R: DeserializeOwned> Reader<R> {
             self.segment = Some(seg);
             return Err(err);
         }
-        self.buf.resize(8 + len, 0);
-        if let Err(e) = seg.file.read_exact(&mut self.buf[8..]) {
-            let kind = e.kind();
-            let seg = self.segment.take().expect("a segment is open");
-            if kind == ErrorKind::UnexpectedEof {
+        // Read into spare capacity: no zero-filling of every frame.
+        self.buf.truncate(8);
+        let read = (&mut seg.file).take(len as u64).read_to_end(&mut self.buf);
+        match read {
+            Ok(n) if n == len => {}
+            Ok(_) => {
+                let seg = self.segment.take().expect("a segment is open");
                 let err = self.corruption(&seg, offset, &self.buf.clone(), "frame cut short inside durable range");
                 self.segment = Some(seg);
                 return Err(err);
             }
-            return Err(WalError::Io { path: seg.path, source: e });
+            Err(e) => {
+                let path = seg.path.clone();
+                return Err(WalError::Io { path, source: e });
+            }
         }
         seg.offset += self.buf.len() as u64;
         match frame::decode(&self.buf, max) {

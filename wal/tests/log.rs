@@ -296,3 +296,22 @@ fn concurrent_async_appenders_get_unique_gap_free_lsns() {
     assert_eq!(lsns, (1..=256).collect::<Vec<_>>());
     assert_eq!(read_all(&wal, 1).len(), 256);
 }
+
+#[test]
+fn a_second_torn_tail_at_the_same_offset_is_quarantined_again() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let wal = open(dir.path());
+        wal.append(&[(1, b"kept".to_vec())]).unwrap();
+    }
+    let seg = segment_paths(dir.path()).pop().unwrap();
+    for junk in [&b"first torn write"[..], &b"another torn write"[..]] {
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(junk).unwrap();
+        drop(f);
+        let (_, report) = Wal::<Rec>::open(config(dir.path())).unwrap();
+        assert_eq!(report.torn_tail_bytes, junk.len() as u64);
+    }
+    let (_, report) = Wal::<Rec>::open(config(dir.path())).unwrap();
+    assert_eq!(report.quarantined, 2);
+}
