@@ -1,5 +1,6 @@
 //! The one place where errors become HTTP responses in the On-Premises envelope:
-//! `{"errors":[{"code","title","details"}],"meta":{…}}` with the status spec §3 gives the code.
+//! `{"errors":[{"code","title","details"}],"meta":{…}}`, with the HTTP status spec §3 gives each
+//! code. Handlers return `ApiError`; nothing else in the crate picks a status for an error.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -8,37 +9,178 @@ use serde_json::json;
 
 use crate::api::meta;
 
-/// An error a request can end with. The variant fixes the On-Premises code and the HTTP status.
+/// Everything a request can end with, other than success. `details` always names the field.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// 1011: the service is starting or recovering.
+    /// 1001: a text longer than its limit (`field` names it).
+    #[error("{field}: too long")]
+    TooLong { field: String, max: usize },
+    /// 1005 with 401: no, invalid, expired or revoked credentials.
+    #[error("unauthorized")]
+    Unauthorized,
+    /// 1005 with 403: authenticated, but this role may not do this.
+    #[error("forbidden")]
+    Forbidden,
+    /// 1006: nothing at this path (or no such resource).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// 1008: a required parameter is missing.
+    #[error("{0}: missing")]
+    Missing(String),
+    /// 1009: a parameter has a wrong type or value.
+    #[error("{field}: {problem}")]
+    Invalid { field: String, problem: String },
+    /// 1010: a parameter that does not exist.
+    #[error("{0}: unknown parameter")]
+    Unknown(String),
+    /// 1011: starting or recovering.
     #[error("service not ready: {0}")]
     NotReady(&'static str),
-    /// 1006: nothing at this path.
-    #[error("resource not found: {0}")]
-    NotFound(String),
-    /// 1014: an internal failure (logged with its cause; the client sees no internals).
+    /// 1014 with 507: a data or log volume has under 10 MB free; writes are refused.
+    #[error("no space left on {0}")]
+    NoSpace(&'static str),
+    /// 1014 with 500: an internal failure (logged with its cause; the client sees no internals).
     #[error("internal error: {0}")]
     Internal(String),
+    /// 1015: too many requests (failed logins).
+    #[error("too many requests")]
+    TooManyRequests,
+    /// 1016: the backlog is over its high-water mark.
+    #[error("overloaded: {0}")]
+    Overloaded(&'static str),
+    /// 1023: the database (mirror) failed.
+    #[error("database error: {0}")]
+    Database(String),
+    /// 1024: the default password must be changed at this login.
+    #[error("password change required")]
+    PasswordChangeRequired,
+    /// 1025 with 400: the request cannot be parsed (`details` says where).
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// 1025 with 413: the body is over the limit.
+    #[error("request body over {limit} bytes")]
+    TooLarge { limit: usize },
 }
 
 impl ApiError {
+    pub fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ApiError {
+        ApiError::Invalid { field: field.into(), problem: problem.into() }
+    }
+
+    /// HTTP status, On-Premises code, title and details.
     fn parts(&self) -> (StatusCode, u32, &'static str, String) {
+        use ApiError::*;
+        use StatusCode as S;
         match self {
-            ApiError::NotReady(what) => (StatusCode::SERVICE_UNAVAILABLE, 1011, "Service not ready", (*what).to_owned()),
-            ApiError::NotFound(path) => (StatusCode::NOT_FOUND, 1006, "Resource not found", path.clone()),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, 1014, "Internal error", "see the server log".to_owned()),
+            TooLong { field, max } => (S::BAD_REQUEST, 1001, "Message too long", format!("{field}: more than {max} characters")),
+            Unauthorized => (S::UNAUTHORIZED, 1005, "Access denied", "invalid or missing credentials".into()),
+            Forbidden => (S::FORBIDDEN, 1005, "Access denied", "not allowed for this user's role".into()),
+            NotFound(what) => (S::NOT_FOUND, 1006, "Resource not found", what.clone()),
+            Missing(field) => (S::BAD_REQUEST, 1008, "Required parameter is missing", format!("{field}: missing")),
+            Invalid { field, problem } => (S::BAD_REQUEST, 1009, "Parameter value is not valid", format!("{field}: {problem}")),
+            Unknown(field) => (S::BAD_REQUEST, 1010, "Unknown parameter", format!("{field}: unknown parameter")),
+            NotReady(what) => (S::SERVICE_UNAVAILABLE, 1011, "Service not ready", (*what).to_owned()),
+            NoSpace(volume) => (S::INSUFFICIENT_STORAGE, 1014, "Internal error", format!("{volume}: under 10 MB free")),
+            Internal(_) => (S::INTERNAL_SERVER_ERROR, 1014, "Internal error", "see the server log".into()),
+            TooManyRequests => (S::TOO_MANY_REQUESTS, 1015, "Too many requests", "too many failed attempts; retry later".into()),
+            Overloaded(what) => (S::SERVICE_UNAVAILABLE, 1016, "System overloaded", (*what).to_owned()),
+            Database(_) => (S::INTERNAL_SERVER_ERROR, 1023, "Generic database error", "see the server log".into()),
+            PasswordChangeRequired => {
+                (S::UNAUTHORIZED, 1024, "Password Change Required", "new_password: required while the default password is in use".into())
+            }
+            Malformed(details) => (S::BAD_REQUEST, 1025, "Invalid request", details.clone()),
+            TooLarge { limit } => (S::PAYLOAD_TOO_LARGE, 1025, "Invalid request", format!("body: over {limit} bytes")),
         }
+    }
+}
+
+impl From<coreq_storage::StorageError> for ApiError {
+    fn from(e: coreq_storage::StorageError) -> ApiError {
+        ApiError::Internal(e.to_string())
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal(cause) = &self {
-            tracing::error!(cause, "api: internal error");
+        match &self {
+            ApiError::Internal(cause) | ApiError::Database(cause) => tracing::error!(cause, "api: internal error"),
+            _ => {}
         }
         let (status, code, title, details) = self.parts();
         let body = json!({ "errors": [{ "code": code, "title": title, "details": details }], "meta": meta() });
         (status, Json(body)).into_response()
+    }
+}
+
+/// A JSON body, parsed with errors in the envelope: a syntax error is 1025 with its line and
+/// column; a body over the limit is 413.
+pub struct ApiJson(pub serde_json::Value);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for ApiJson {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = req.extensions().get::<BodyLimit>().map_or(DEFAULT_BODY_LIMIT, |l| l.0);
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::TooLarge { limit }
+            } else {
+                ApiError::Malformed(format!("body: {rejection}"))
+            }
+        })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// The body size limit in force for a route (set by the router), for error messages.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
+
+/// Parses JSON, reporting a syntax error with its line and column.
+pub fn parse_json(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::Malformed(format!("body: invalid JSON at line {} column {}: {e}", e.line(), e.column())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_has_the_status_the_spec_gives_it() {
+        let cases = [
+            (ApiError::TooLong { field: "text.body".into(), max: 4096 }, 400, 1001),
+            (ApiError::Unauthorized, 401, 1005),
+            (ApiError::Forbidden, 403, 1005),
+            (ApiError::NotFound("/x".into()), 404, 1006),
+            (ApiError::Missing("to".into()), 400, 1008),
+            (ApiError::invalid("to", "bad"), 400, 1009),
+            (ApiError::Unknown("zzz".into()), 400, 1010),
+            (ApiError::NotReady("recovering"), 503, 1011),
+            (ApiError::NoSpace("data"), 507, 1014),
+            (ApiError::Internal("x".into()), 500, 1014),
+            (ApiError::TooManyRequests, 429, 1015),
+            (ApiError::Overloaded("backlog"), 503, 1016),
+            (ApiError::Database("x".into()), 500, 1023),
+            (ApiError::Malformed("body".into()), 400, 1025),
+            (ApiError::TooLarge { limit: 10 }, 413, 1025),
+        ];
+        for (error, status, code) in cases {
+            let (s, c, _, _) = error.parts();
+            assert_eq!((s.as_u16(), c), (status, code), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn internal_errors_do_not_reveal_their_cause() {
+        let (_, _, _, details) = ApiError::Internal("sled: /secret/path".into()).parts();
+        assert!(!details.contains("secret"));
+    }
+
+    #[test]
+    fn json_syntax_error_names_line_and_column() {
+        let Err(ApiError::Malformed(details)) = parse_json(b"{\n  \"a\": 1,\n  oops\n}") else { panic!("not malformed") };
+        assert!(details.contains("line 3 column 3"), "{details}");
     }
 }
