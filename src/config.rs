@@ -181,6 +181,9 @@ impl Config {
         let log_dir = args.log_dir.clone().unwrap_or_else(|| args.data_dir.join("logs"));
         ensure_writable_dir(&log_dir).map_err(|p| bad("--log-dir/COREQ_LOG_DIR", p))?;
         let api_key = validate_api_key(env.api_key)?;
+        if let Some(password) = &env.admin_password {
+            crate::auth::check_password(password).map_err(|p| bad("COREQ_ADMIN_PASSWORD", p))?;
+        }
         let database = database_config(args.database_url.as_deref(), &env.db)?;
         let gateway_url = gateway_url(args.gateway, args.gateway_url.as_deref())?;
         let tls = match (args.tls_cert, args.tls_key) {

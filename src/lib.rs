@@ -3,6 +3,7 @@
 //! [`run`]; tests call the same function on port 0.
 
 pub mod api;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod error;

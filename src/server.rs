@@ -9,7 +9,12 @@ use coreq_storage::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::{self, AppState};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::api::{self, AppState, Services};
+use crate::auth::Accounts;
+use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::error::ServeError;
 
@@ -34,7 +39,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
             return Ok(());
         }
     };
-    state.set_ready(store.clone());
+    let accounts = Accounts::new(store.clone(), Arc::new(SystemClock), config.api_key.as_deref());
+    accounts.bootstrap(config.admin_password.as_deref()).await.map_err(|e| ServeError::Task(format!("creating the admin account: {e}")))?;
+    state.set_ready(Services { store: store.clone(), accounts });
     tracing::info!(listen = %config.listen, "coreq ready");
 
     let checkpointer = tokio::spawn(checkpoint_loop(store.clone(), config.checkpoint_interval, stop_rx));
@@ -54,7 +61,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
 
 async fn serve_http(listener: TcpListener, state: AppState, mut stop: watch::Receiver<bool>) -> std::io::Result<()> {
     let app = api::router(state);
-    axum::serve(listener, app)
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move { stopped(&mut stop).await })
         .await
 }

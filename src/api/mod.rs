@@ -1,7 +1,11 @@
-//! The HTTP API (axum). Only this module knows HTTP. One file per On-Premises node as they
-//! arrive; for now: `/livez` and the not-ready answer every other route gives during recovery.
+//! The HTTP API (axum). Only this module knows HTTP. One file per On-Premises node:
+//! `users.rs` (login, logout, user management); more arrive with the settings, health, support,
+//! stats and metrics nodes. `error.rs` is the one place errors become responses; `auth.rs`
+//! turns credentials into a caller.
 
+pub mod auth;
 pub mod error;
+mod users;
 
 use std::sync::{Arc, OnceLock};
 
@@ -13,12 +17,19 @@ use axum::routing::get;
 use coreq_storage::Store;
 use serde_json::{Value, json};
 
+use crate::auth::Accounts;
 use error::ApiError;
 
-/// What handlers share. The store appears once recovery has finished.
+/// What handlers need once start-up recovery has finished.
+pub struct Services {
+    pub store: Store,
+    pub accounts: Accounts,
+}
+
+/// What handlers share. The services appear once recovery has finished.
 #[derive(Clone, Default)]
 pub struct AppState {
-    store: Arc<OnceLock<Store>>,
+    services: Arc<OnceLock<Arc<Services>>>,
 }
 
 impl AppState {
@@ -27,13 +38,18 @@ impl AppState {
     }
 
     /// Called once, when start-up recovery is complete.
-    pub fn set_ready(&self, store: Store) {
-        // A second call would be a bug in `run`; keep the first store.
-        let _ = self.store.set(store);
+    pub fn set_ready(&self, services: Services) {
+        // A second call would be a bug in `run`; keep the first.
+        let _ = self.services.set(Arc::new(services));
     }
 
     pub fn is_ready(&self) -> bool {
-        self.store.get().is_some()
+        self.services.get().is_some()
+    }
+
+    /// The services, or 503/1011 while recovering.
+    pub fn services(&self) -> Result<&Arc<Services>, ApiError> {
+        self.services.get().ok_or(ApiError::NotReady("recovering the write-ahead log"))
     }
 }
 
@@ -43,7 +59,7 @@ pub fn meta() -> Value {
 }
 
 pub fn router(state: AppState) -> Router {
-    let ready_only = Router::new()
+    let ready_only = users::routes()
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_ready));
     Router::new().route("/livez", get(livez)).merge(ready_only).with_state(state)
@@ -61,8 +77,8 @@ async fn not_found(request: Request) -> ApiError {
 
 /// Every route but `/livez` answers 503/1011 until recovery has finished.
 async fn require_ready(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if !state.is_ready() {
-        return ApiError::NotReady("recovering the write-ahead log").into_response();
+    if let Err(e) = state.services() {
+        return e.into_response();
     }
     next.run(request).await
 }

@@ -2,4 +2,6 @@
 
 mod http;
 mod serve;
+mod server;
 mod startup;
+mod users;

@@ -2,19 +2,14 @@
 
 use std::time::Duration;
 
-use coreq::config::{Cli, Command, Config, EnvSecrets};
+use coreq::config::EnvSecrets;
 
 use crate::http;
 
-fn config(dir: &std::path::Path) -> Config {
-    let cli = <Cli as clap::Parser>::try_parse_from(["coreq", "serve", "--data-dir", dir.to_str().unwrap()]).unwrap();
-    let Command::Serve(args) = cli.command else { unreachable!() };
-    Config::from_args(args, EnvSecrets::default()).unwrap()
-}
-
 /// Starts `run` on its own runtime thread; returns the address and a stop handle.
+#[allow(clippy::type_complexity)]
 fn start(dir: &std::path::Path) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<Result<(), coreq::error::ServeError>>) {
-    let config = config(dir);
+    let config = crate::server::config(dir, EnvSecrets::default());
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     std_listener.set_nonblocking(true).unwrap();
     let addr = std_listener.local_addr().unwrap();

@@ -1,0 +1,66 @@
+//! `coreq::run` in-process on an ephemeral port, for tests over real HTTP.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use coreq::config::{Cli, Command, Config, EnvSecrets};
+
+use crate::http;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<std::thread::JoinHandle<Result<(), coreq::error::ServeError>>>,
+}
+
+pub fn config(dir: &Path, env: EnvSecrets) -> Config {
+    let cli = <Cli as clap::Parser>::try_parse_from(["coreq", "serve", "--data-dir", dir.to_str().unwrap()]).unwrap();
+    let Command::Serve(args) = cli.command else { unreachable!() };
+    Config::from_args(args, env).unwrap()
+}
+
+impl TestServer {
+    /// Starts `run` on its own runtime thread and waits until it is ready.
+    pub fn start(dir: &Path, env: EnvSecrets) -> TestServer {
+        let config = config(dir, env);
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+                coreq::run(config, listener, async move {
+                    let _ = stop_rx.await;
+                })
+                .await
+            })
+        });
+        // Ready once a route behind the readiness gate answers something other than 503.
+        http::wait_for(addr, "/v1/ready-probe", 404, Duration::from_secs(20));
+        TestServer { addr, stop: Some(stop_tx), handle: Some(handle) }
+    }
+
+    /// Stops gracefully and returns what `run` returned.
+    pub fn stop(mut self) -> Result<(), coreq::error::ServeError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), coreq::error::ServeError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.handle.take() {
+            Some(h) => h.join().expect("server thread"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
