@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 mod server;
+pub mod settings;
 pub mod telemetry;
 
 pub use server::{run, shutdown_signal};

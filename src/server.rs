@@ -15,6 +15,7 @@ use std::sync::Arc;
 use crate::api::{self, AppState, Services};
 use crate::auth::Accounts;
 use crate::clock::SystemClock;
+use crate::settings::Settings;
 use crate::config::Config;
 use crate::error::ServeError;
 
@@ -41,7 +42,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     };
     let accounts = Accounts::new(store.clone(), Arc::new(SystemClock), config.api_key.as_deref());
     accounts.bootstrap(config.admin_password.as_deref()).await.map_err(|e| ServeError::Task(format!("creating the admin account: {e}")))?;
-    state.set_ready(Services { store: store.clone(), accounts });
+    let settings = Settings::new(store.clone(), config.allow_http_webhooks);
+    state.set_ready(Services { store: store.clone(), accounts, settings });
     tracing::info!(listen = %config.listen, "coreq ready");
 
     let checkpointer = tokio::spawn(checkpoint_loop(store.clone(), config.checkpoint_interval, stop_rx));

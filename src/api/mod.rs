@@ -1,10 +1,11 @@
 //! The HTTP API (axum). Only this module knows HTTP. One file per On-Premises node:
-//! `users.rs` (login, logout, user management); more arrive with the settings, health, support,
+//! `users.rs` (login, logout, user management), `settings.rs` (application settings); more arrive with the settings, health, support,
 //! stats and metrics nodes. `error.rs` is the one place errors become responses; `auth.rs`
 //! turns credentials into a caller.
 
 pub mod auth;
 pub mod error;
+mod settings;
 mod users;
 
 use std::sync::{Arc, OnceLock};
@@ -18,12 +19,14 @@ use coreq_storage::Store;
 use serde_json::{Value, json};
 
 use crate::auth::Accounts;
+use crate::settings::Settings;
 use error::ApiError;
 
 /// What handlers need once start-up recovery has finished.
 pub struct Services {
     pub store: Store,
     pub accounts: Accounts,
+    pub settings: Settings,
 }
 
 /// What handlers share. The services appear once recovery has finished.
@@ -60,6 +63,7 @@ pub fn meta() -> Value {
 
 pub fn router(state: AppState) -> Router {
     let ready_only = users::routes()
+        .merge(settings::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_ready));
     Router::new().route("/livez", get(livez)).merge(ready_only).with_state(state)

@@ -3,5 +3,6 @@
 mod http;
 mod serve;
 mod server;
+mod settings;
 mod startup;
 mod users;

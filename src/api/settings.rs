@@ -1,0 +1,42 @@
+//! The settings node (spec §4): `GET/PATCH/DELETE /v1/settings/application`, admin only.
+
+use axum::routing::get;
+use axum::{Json, Router};
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use crate::api::auth::Admin;
+use crate::api::error::{ApiError, ApiJson};
+use crate::api::{AppState, meta};
+use crate::settings::{PatchError, SettingsError};
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/v1/settings/application", get(read).patch(patch).delete(reset))
+}
+
+impl From<SettingsError> for ApiError {
+    fn from(e: SettingsError) -> ApiError {
+        match e {
+            SettingsError::Patch(PatchError::Invalid { field, problem }) => ApiError::Invalid { field, problem },
+            SettingsError::Patch(PatchError::Unknown(field)) => ApiError::Unknown(field),
+            SettingsError::Storage(e) => e.into(),
+            SettingsError::Corrupt(e) => ApiError::Internal(e),
+        }
+    }
+}
+
+async fn read(State(state): State<AppState>, _admin: Admin) -> Result<Json<Value>, ApiError> {
+    let current = state.services()?.settings.current()?;
+    Ok(Json(json!({ "settings": { "application": current.to_json() }, "meta": meta() })))
+}
+
+async fn patch(State(state): State<AppState>, _admin: Admin, ApiJson(body): ApiJson) -> Result<Json<Value>, ApiError> {
+    let Value::Object(patch) = body else { return Err(ApiError::Malformed("body: must be a JSON object".into())) };
+    state.services()?.settings.patch(&patch).await?;
+    Ok(Json(json!({ "meta": meta() })))
+}
+
+async fn reset(State(state): State<AppState>, _admin: Admin) -> Result<Json<Value>, ApiError> {
+    state.services()?.settings.reset().await?;
+    Ok(Json(json!({ "meta": meta() })))
+}
