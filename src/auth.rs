@@ -14,9 +14,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+use argon2::Argon2;
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use base64::Engine;
 use coreq_storage::{Role, StorageError, Store, Token, UnixMillis, User};
 use sha2::{Digest, Sha256};
@@ -87,7 +87,12 @@ pub fn check_password(password: &str) -> Result<(), String> {
         return Err("must be 8 to 64 characters".into());
     }
     let has = |f: fn(char) -> bool| password.chars().any(f);
-    let kinds = [|c: char| c.is_ascii_digit(), char::is_uppercase, char::is_lowercase, |c: char| c.is_ascii_punctuation()];
+    let kinds = [
+        |c: char| c.is_ascii_digit(),
+        char::is_uppercase,
+        char::is_lowercase,
+        |c: char| c.is_ascii_punctuation(),
+    ];
     if !kinds.into_iter().all(has) {
         return Err("must contain a digit, an upper-case, a lower-case and a punctuation character".into());
     }
@@ -100,7 +105,10 @@ pub fn check_username(name: &str) -> Result<(), String> {
     if !(4..=32).contains(&n) {
         return Err("must be 4 to 32 characters".into());
     }
-    if name.chars().any(|c| c == ':' || c == '/' || c.is_control() || c.is_whitespace()) {
+    if name
+        .chars()
+        .any(|c| c == ':' || c == '/' || c.is_control() || c.is_whitespace())
+    {
         return Err("must not contain ':', '/', spaces or control characters".into());
     }
     Ok(())
@@ -109,7 +117,10 @@ pub fn check_username(name: &str) -> Result<(), String> {
 async fn hash_password(password: String) -> Result<String, AuthError> {
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
-        Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| AuthError::Hashing(e.to_string()))
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| AuthError::Hashing(e.to_string()))
     })
     .await
     .map_err(|e| AuthError::Hashing(e.to_string()))?
@@ -117,7 +128,8 @@ async fn hash_password(password: String) -> Result<String, AuthError> {
 
 async fn verify_password(password: String, phc: String) -> bool {
     tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&phc).is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+        PasswordHash::new(&phc)
+            .is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
     })
     .await
     .unwrap_or(false)
@@ -125,7 +137,12 @@ async fn verify_password(password: String, phc: String) -> bool {
 
 impl Accounts {
     pub fn new(store: Store, clock: Arc<dyn Clock>, api_key: Option<&str>) -> Accounts {
-        Accounts { store, clock, api_key_digest: api_key.map(|k| sha256(k.as_bytes())), throttle: Mutex::new(HashMap::new()) }
+        Accounts {
+            store,
+            clock,
+            api_key_digest: api_key.map(|k| sha256(k.as_bytes())),
+            throttle: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Creates the `admin` account on first start: with `initial_password` if given, else with
@@ -139,14 +156,25 @@ impl Accounts {
             None => (DEFAULT_PASSWORD.to_owned(), true),
         };
         let password_hash = hash_password(password).await?;
-        self.store.put_user(User { name: ADMIN.into(), password_hash, role: Role::Admin, must_change_password: must_change }).await?;
+        self.store
+            .put_user(User {
+                name: ADMIN.into(),
+                password_hash,
+                role: Role::Admin,
+                must_change_password: must_change,
+            })
+            .await?;
         Ok(())
     }
 
     fn throttled(&self, keys: &[String]) -> bool {
         let now = self.clock.now_ms();
         let table = self.throttle.lock().expect("throttle lock");
-        keys.iter().any(|k| table.get(k).is_some_and(|(n, since)| *n >= MAX_FAILED_LOGINS && now < since + THROTTLE_WINDOW_MS))
+        keys.iter().any(|k| {
+            table
+                .get(k)
+                .is_some_and(|(n, since)| *n >= MAX_FAILED_LOGINS && now < since + THROTTLE_WINDOW_MS)
+        })
     }
 
     fn record_failure(&self, keys: &[String]) {
@@ -166,14 +194,22 @@ impl Accounts {
 
     /// Checks the password and issues a token. While the default password is in use the login
     /// must carry `new_password`, which replaces it.
-    pub async fn login(&self, username: &str, password: &str, new_password: Option<&str>, client: IpAddr) -> Result<IssuedToken, AuthError> {
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        new_password: Option<&str>,
+        client: IpAddr,
+    ) -> Result<IssuedToken, AuthError> {
         let keys = [format!("user:{username}"), format!("addr:{client}")];
         if self.throttled(&keys) {
             return Err(AuthError::Throttled);
         }
         let user = self.store.user(username)?;
         // Verify against a real hash even for unknown users, so timing does not reveal them.
-        let phc = user.as_ref().map_or_else(|| DUMMY_HASH.to_owned(), |u| u.password_hash.clone());
+        let phc = user
+            .as_ref()
+            .map_or_else(|| DUMMY_HASH.to_owned(), |u| u.password_hash.clone());
         let ok = verify_password(password.to_owned(), phc).await;
         let Some(mut user) = user.filter(|_| ok) else {
             self.record_failure(&keys);
@@ -181,7 +217,10 @@ impl Accounts {
         };
         match new_password {
             Some(new) => {
-                check_password(new).map_err(|problem| AuthError::Rejected { field: "new_password", problem })?;
+                check_password(new).map_err(|problem| AuthError::Rejected {
+                    field: "new_password",
+                    problem,
+                })?;
                 user.password_hash = hash_password(new.to_owned()).await?;
                 user.must_change_password = false;
                 self.store.put_user(user.clone()).await?;
@@ -197,22 +236,34 @@ impl Accounts {
         OsRng.fill_bytes(&mut secret);
         let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
         let expires_at = self.clock.now_ms() + TOKEN_TTL_MS;
-        self.store.put_token(Token { hash: sha256(token.as_bytes()).to_vec(), user: user.to_owned(), expires_at }).await?;
+        self.store
+            .put_token(Token {
+                hash: sha256(token.as_bytes()).to_vec(),
+                user: user.to_owned(),
+                expires_at,
+            })
+            .await?;
         Ok(IssuedToken { token, expires_at })
     }
 
     /// The caller behind a Bearer token, if it is valid, unexpired and its user still exists.
     pub fn authenticate(&self, token: &str) -> Result<Option<Principal>, AuthError> {
-        let Some(stored) = self.store.token(&sha256(token.as_bytes()))? else { return Ok(None) };
+        let Some(stored) = self.store.token(&sha256(token.as_bytes()))? else {
+            return Ok(None);
+        };
         if self.clock.now_ms() >= stored.expires_at {
             return Ok(None);
         }
-        Ok(self.store.user(&stored.user)?.map(|u| Principal { user: u.name, role: u.role }))
+        Ok(self.store.user(&stored.user)?.map(|u| Principal {
+            user: u.name,
+            role: u.role,
+        }))
     }
 
     /// True when `key` is the configured API key (constant-time).
     pub fn api_key_matches(&self, key: &str) -> bool {
-        self.api_key_digest.is_some_and(|expected| bool::from(expected.ct_eq(&sha256(key.as_bytes()))))
+        self.api_key_digest
+            .is_some_and(|expected| bool::from(expected.ct_eq(&sha256(key.as_bytes()))))
     }
 
     /// Revokes one token.
@@ -222,13 +273,26 @@ impl Accounts {
     }
 
     pub async fn create_user(&self, username: &str, password: &str) -> Result<(), AuthError> {
-        check_username(username).map_err(|problem| AuthError::Rejected { field: "username", problem })?;
-        check_password(password).map_err(|problem| AuthError::Rejected { field: "password", problem })?;
+        check_username(username).map_err(|problem| AuthError::Rejected {
+            field: "username",
+            problem,
+        })?;
+        check_password(password).map_err(|problem| AuthError::Rejected {
+            field: "password",
+            problem,
+        })?;
         if self.store.user(username)?.is_some() {
             return Err(AuthError::UserExists);
         }
         let password_hash = hash_password(password.to_owned()).await?;
-        self.store.put_user(User { name: username.into(), password_hash, role: Role::User, must_change_password: false }).await?;
+        self.store
+            .put_user(User {
+                name: username.into(),
+                password_hash,
+                role: Role::User,
+                must_change_password: false,
+            })
+            .await?;
         Ok(())
     }
 
@@ -239,7 +303,10 @@ impl Accounts {
     /// Deletes a user and revokes all their tokens. `admin` cannot be deleted.
     pub async fn delete_user(&self, username: &str) -> Result<(), AuthError> {
         if username == ADMIN {
-            return Err(AuthError::Rejected { field: "username", problem: "the admin account cannot be deleted".into() });
+            return Err(AuthError::Rejected {
+                field: "username",
+                problem: "the admin account cannot be deleted".into(),
+            });
         }
         if self.store.user(username)?.is_none() {
             return Err(AuthError::NoSuchUser);
@@ -250,7 +317,8 @@ impl Accounts {
 }
 
 /// An argon2id hash of a random password, verified against when the user does not exist.
-const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Qx9y1o1lqCqWZ0k1aJbqz2cC1kqW2Xz3bQvKQ8x4l0U";
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Qx9y1o1lqCqWZ0k1aJbqz2cC1kqW2Xz3bQvKQ8x4l0U";
 
 #[cfg(test)]
 mod tests {
@@ -259,7 +327,14 @@ mod tests {
     #[test]
     fn password_rules() {
         assert!(check_password("Secret1!").is_ok());
-        for bad in ["Sh0rt!", "nouppercase1!", "NOLOWERCASE1!", "NoDigits!!", "NoPunct123", &"Aa1!".repeat(17)] {
+        for bad in [
+            "Sh0rt!",
+            "nouppercase1!",
+            "NOLOWERCASE1!",
+            "NoDigits!!",
+            "NoPunct123",
+            &"Aa1!".repeat(17),
+        ] {
             assert!(check_password(bad).is_err(), "{bad}");
         }
     }
@@ -274,7 +349,11 @@ mod tests {
 
     #[test]
     fn api_key_matches_only_the_configured_key() {
-        let accounts = Accounts::new(Store::memory(), Arc::new(crate::clock::SystemClock), Some("monitoring-key-123"));
+        let accounts = Accounts::new(
+            Store::memory(),
+            Arc::new(crate::clock::SystemClock),
+            Some("monitoring-key-123"),
+        );
         assert!(accounts.api_key_matches("monitoring-key-123"));
         assert!(!accounts.api_key_matches("monitoring-key-124"));
         assert!(!accounts.api_key_matches(""));

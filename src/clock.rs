@@ -15,6 +15,8 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now_ms(&self) -> UnixMillis {
         // A clock before 1970 is a broken host; report 0 rather than panic.
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
     }
 }

@@ -114,7 +114,11 @@ pub struct DatabaseConfig {
 
 impl std::fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DatabaseConfig").field("engine", &self.engine).field("url", &"****").field("name_prefix", &self.name_prefix).finish()
+        f.debug_struct("DatabaseConfig")
+            .field("engine", &self.engine)
+            .field("url", &"****")
+            .field("name_prefix", &self.name_prefix)
+            .finish()
     }
 }
 
@@ -167,7 +171,10 @@ pub struct ConfigError {
 }
 
 fn bad(setting: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError { setting, problem: problem.into() }
+    ConfigError {
+        setting,
+        problem: problem.into(),
+    }
 }
 
 impl Config {
@@ -175,7 +182,10 @@ impl Config {
     /// directories can be created and written.
     pub fn from_args(args: ServeArgs, env: EnvSecrets) -> Result<Config, ConfigError> {
         if args.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(bad("--listen/COREQ_LISTEN", format!("{:?} is not an address like 127.0.0.1:8080", args.listen)));
+            return Err(bad(
+                "--listen/COREQ_LISTEN",
+                format!("{:?} is not an address like 127.0.0.1:8080", args.listen),
+            ));
         }
         ensure_writable_dir(&args.data_dir).map_err(|p| bad("--data-dir/COREQ_DATA_DIR", p))?;
         let log_dir = args.log_dir.clone().unwrap_or_else(|| args.data_dir.join("logs"));
@@ -200,7 +210,10 @@ impl Config {
             readable(ca).map_err(|p| bad("--webhook-ca/COREQ_WEBHOOK_CA", p))?;
         }
         if args.checkpoint_interval_ms == 0 || args.checkpoint_interval_ms > 3_600_000 {
-            return Err(bad("--checkpoint-interval-ms/COREQ_CHECKPOINT_INTERVAL_MS", "must be 1..=3600000"));
+            return Err(bad(
+                "--checkpoint-interval-ms/COREQ_CHECKPOINT_INTERVAL_MS",
+                "must be 1..=3600000",
+            ));
         }
         if !(1..=65_536).contains(&args.state_cache_mb) {
             return Err(bad("--state-cache-mb/COREQ_STATE_CACHE_MB", "must be 1..=65536"));
@@ -232,9 +245,10 @@ impl Config {
 
 fn validate_api_key(key: Option<String>) -> Result<Option<String>, ConfigError> {
     match key {
-        Some(k) if !(12..=128).contains(&k.chars().count()) => {
-            Err(bad("WA_API_KEY", format!("must be 12 to 128 characters, got {}", k.chars().count())))
-        }
+        Some(k) if !(12..=128).contains(&k.chars().count()) => Err(bad(
+            "WA_API_KEY",
+            format!("must be 12 to 128 characters, got {}", k.chars().count()),
+        )),
         other => Ok(other),
     }
 }
@@ -245,34 +259,58 @@ fn database_config(url: Option<&str>, db: &OnPremDbEnv) -> Result<Option<Databas
         return Err(bad("WA_DB_NAME_PREFIX", "only letters, digits and _ (at most 32)"));
     }
     if let Some(url) = url {
-        let parsed = url::Url::parse(url).map_err(|e| bad("--database-url/COREQ_DATABASE_URL", format!("malformed URL: {e}")))?;
+        let parsed = url::Url::parse(url)
+            .map_err(|e| bad("--database-url/COREQ_DATABASE_URL", format!("malformed URL: {e}")))?;
         let engine = match parsed.scheme() {
             "postgres" | "postgresql" => DbEngine::Postgres,
             "mysql" | "mariadb" => DbEngine::Mysql,
-            other => return Err(bad("--database-url/COREQ_DATABASE_URL", format!("scheme {other:?} is not postgres:// or mysql://"))),
+            other => {
+                return Err(bad(
+                    "--database-url/COREQ_DATABASE_URL",
+                    format!("scheme {other:?} is not postgres:// or mysql://"),
+                ));
+            }
         };
         if parsed.host_str().is_none_or(str::is_empty) {
             return Err(bad("--database-url/COREQ_DATABASE_URL", "no host"));
         }
-        return Ok(Some(DatabaseConfig { engine, url: url.to_owned(), name_prefix }));
+        return Ok(Some(DatabaseConfig {
+            engine,
+            url: url.to_owned(),
+            name_prefix,
+        }));
     }
-    let Some(engine) = db.engine.as_deref() else { return Ok(None) };
+    let Some(engine) = db.engine.as_deref() else {
+        return Ok(None);
+    };
     let (engine, scheme, default_port) = match engine {
         "PGSQL" => (DbEngine::Postgres, "postgres", "5432"),
         "MYSQL" => (DbEngine::Mysql, "mysql", "3306"),
         other => return Err(bad("WA_DB_ENGINE", format!("{other:?} is not PGSQL or MYSQL"))),
     };
-    let host = db.hostname.as_deref().filter(|h| !h.is_empty()).ok_or_else(|| bad("WA_DB_HOSTNAME", "required with WA_DB_ENGINE"))?;
+    let host = db
+        .hostname
+        .as_deref()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| bad("WA_DB_HOSTNAME", "required with WA_DB_ENGINE"))?;
     let port = db.port.as_deref().unwrap_or(default_port);
-    port.parse::<u16>().map_err(|_| bad("WA_DB_PORT", format!("{port:?} is not a port number")))?;
-    let mut url = url::Url::parse(&format!("{scheme}://{host}:{port}/")).map_err(|e| bad("WA_DB_HOSTNAME", e.to_string()))?;
+    port.parse::<u16>()
+        .map_err(|_| bad("WA_DB_PORT", format!("{port:?} is not a port number")))?;
+    let mut url =
+        url::Url::parse(&format!("{scheme}://{host}:{port}/")).map_err(|e| bad("WA_DB_HOSTNAME", e.to_string()))?;
     if let Some(user) = &db.username {
-        url.set_username(user).map_err(|_| bad("WA_DB_USERNAME", "not usable in a URL"))?;
+        url.set_username(user)
+            .map_err(|_| bad("WA_DB_USERNAME", "not usable in a URL"))?;
     }
     if let Some(password) = &db.password {
-        url.set_password(Some(password)).map_err(|_| bad("WA_DB_PASSWORD", "not usable in a URL"))?;
+        url.set_password(Some(password))
+            .map_err(|_| bad("WA_DB_PASSWORD", "not usable in a URL"))?;
     }
-    Ok(Some(DatabaseConfig { engine, url: url.to_string(), name_prefix }))
+    Ok(Some(DatabaseConfig {
+        engine,
+        url: url.to_string(),
+        name_prefix,
+    }))
 }
 
 fn gateway_url(kind: GatewayKind, url: Option<&str>) -> Result<Option<url::Url>, ConfigError> {
@@ -280,7 +318,8 @@ fn gateway_url(kind: GatewayKind, url: Option<&str>) -> Result<Option<url::Url>,
         (GatewayKind::Http, None) => Err(bad("--gateway-url/COREQ_GATEWAY_URL", "required with --gateway http")),
         (_, None) => Ok(None),
         (_, Some(u)) => {
-            let parsed = url::Url::parse(u).map_err(|e| bad("--gateway-url/COREQ_GATEWAY_URL", format!("malformed URL: {e}")))?;
+            let parsed = url::Url::parse(u)
+                .map_err(|e| bad("--gateway-url/COREQ_GATEWAY_URL", format!("malformed URL: {e}")))?;
             if !matches!(parsed.scheme(), "http" | "https") {
                 return Err(bad("--gateway-url/COREQ_GATEWAY_URL", "must be http:// or https://"));
             }
@@ -298,7 +337,9 @@ fn ensure_writable_dir(dir: &Path) -> Result<(), String> {
 }
 
 fn readable(path: &Path) -> Result<(), String> {
-    std::fs::File::open(path).map(|_| ()).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    std::fs::File::open(path)
+        .map(|_| ())
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -330,14 +371,20 @@ mod tests {
     #[test]
     fn short_api_key_is_refused_naming_wa_api_key() {
         let dir = tempfile::tempdir().unwrap();
-        let env = EnvSecrets { api_key: Some("short".into()), ..Default::default() };
+        let env = EnvSecrets {
+            api_key: Some("short".into()),
+            ..Default::default()
+        };
         assert_eq!(refused(args(dir.path()), env).setting, "WA_API_KEY");
     }
 
     #[test]
     fn long_api_key_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let env = EnvSecrets { api_key: Some("k".repeat(129)), ..Default::default() };
+        let env = EnvSecrets {
+            api_key: Some("k".repeat(129)),
+            ..Default::default()
+        };
         assert_eq!(refused(args(dir.path()), env).setting, "WA_API_KEY");
     }
 
@@ -360,7 +407,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut a = args(dir.path());
         a.gateway = GatewayKind::Http;
-        assert_eq!(refused(a, EnvSecrets::default()).setting, "--gateway-url/COREQ_GATEWAY_URL");
+        assert_eq!(
+            refused(a, EnvSecrets::default()).setting,
+            "--gateway-url/COREQ_GATEWAY_URL"
+        );
     }
 
     #[test]
@@ -369,7 +419,11 @@ mod tests {
         for url in ["not a url", "redis://localhost/0", "postgres:///nohost"] {
             let mut a = args(dir.path());
             a.database_url = Some(url.into());
-            assert_eq!(refused(a, EnvSecrets::default()).setting, "--database-url/COREQ_DATABASE_URL", "{url}");
+            assert_eq!(
+                refused(a, EnvSecrets::default()).setting,
+                "--database-url/COREQ_DATABASE_URL",
+                "{url}"
+            );
         }
     }
 
@@ -384,7 +438,14 @@ mod tests {
             name_prefix: Some("wa_".into()),
             ..Default::default()
         };
-        let config = Config::from_args(args(dir.path()), EnvSecrets { db, ..Default::default() }).unwrap();
+        let config = Config::from_args(
+            args(dir.path()),
+            EnvSecrets {
+                db,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let database = config.database.unwrap();
         assert_eq!(database.engine, DbEngine::Mysql);
         assert_eq!(database.url, "mysql://wa:p%40ss@db.local:3306/");
@@ -394,8 +455,21 @@ mod tests {
     #[test]
     fn unknown_db_engine_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let db = OnPremDbEnv { engine: Some("ORACLE".into()), ..Default::default() };
-        assert_eq!(refused(args(dir.path()), EnvSecrets { db, ..Default::default() }).setting, "WA_DB_ENGINE");
+        let db = OnPremDbEnv {
+            engine: Some("ORACLE".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            refused(
+                args(dir.path()),
+                EnvSecrets {
+                    db,
+                    ..Default::default()
+                }
+            )
+            .setting,
+            "WA_DB_ENGINE"
+        );
     }
 
     #[test]
@@ -411,7 +485,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut a = args(dir.path());
         a.database_url = Some("postgres://u:hunter2@localhost/db".into());
-        let env = EnvSecrets { api_key: Some("abcdefghijklmnop".into()), admin_password: Some("Secret1!".into()), ..Default::default() };
+        let env = EnvSecrets {
+            api_key: Some("abcdefghijklmnop".into()),
+            admin_password: Some("Secret1!".into()),
+            ..Default::default()
+        };
         let text = format!("{:?}", Config::from_args(a, env).unwrap());
         for secret in ["hunter2", "abcdefghijklmnop", "Secret1!"] {
             assert!(!text.contains(secret), "{secret} leaked in {text}");

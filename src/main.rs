@@ -13,7 +13,11 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line naming the setting (clap's own message spans several).
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("unusable arguments").trim_start_matches("error: ");
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("unusable arguments")
+                .trim_start_matches("error: ");
             eprintln!("coreq: invalid configuration: {first}");
             return ExitCode::from(2);
         }
@@ -90,9 +94,19 @@ fn verify(data_dir: &std::path::Path) -> ExitCode {
                 report.gaps
             );
             for (segment, damage) in &report.damage {
-                println!("damaged {} offset {} len {} {}", segment.display(), damage.offset, damage.len, damage.reason);
+                println!(
+                    "damaged {} offset {} len {} {}",
+                    segment.display(),
+                    damage.offset,
+                    damage.len,
+                    damage.reason
+                );
             }
-            if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
             eprintln!("coreq verify: {e}");

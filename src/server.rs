@@ -15,15 +15,21 @@ use std::sync::Arc;
 use crate::api::{self, AppState, Services};
 use crate::auth::Accounts;
 use crate::clock::SystemClock;
-use crate::settings::Settings;
 use crate::config::Config;
 use crate::error::ServeError;
+use crate::settings::Settings;
 
 /// Runs the service on `listener` until `shutdown` resolves. Returns an error (and the process
 /// exits non-zero) if recovery fails or a checkpoint's flush fails: both are fatal.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     if config.tls.is_some() {
-        return Err(ServeError::Unsupported("serving the API over TLS (--tls-cert/--tls-key); terminate TLS in front of coreq for now"));
+        return Err(ServeError::Unsupported(
+            "serving the API over TLS (--tls-cert/--tls-key); terminate TLS in front of coreq for now",
+        ));
     }
     let state = AppState::new();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -41,9 +47,16 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         }
     };
     let accounts = Accounts::new(store.clone(), Arc::new(SystemClock), config.api_key.as_deref());
-    accounts.bootstrap(config.admin_password.as_deref()).await.map_err(|e| ServeError::Task(format!("creating the admin account: {e}")))?;
+    accounts
+        .bootstrap(config.admin_password.as_deref())
+        .await
+        .map_err(|e| ServeError::Task(format!("creating the admin account: {e}")))?;
     let settings = Settings::new(store.clone(), config.allow_http_webhooks);
-    state.set_ready(Services { store: store.clone(), accounts, settings });
+    state.set_ready(Services {
+        store: store.clone(),
+        accounts,
+        settings,
+    });
     tracing::info!(listen = %config.listen, "coreq ready");
 
     let checkpointer = tokio::spawn(checkpoint_loop(store.clone(), config.checkpoint_interval, stop_rx));
@@ -87,7 +100,9 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 
 async fn checkpoint(store: &Store) -> Result<(), ServeError> {
     let store = store.clone();
-    tokio::task::spawn_blocking(move || store.checkpoint()).await.map_err(|e| ServeError::Task(e.to_string()))??;
+    tokio::task::spawn_blocking(move || store.checkpoint())
+        .await
+        .map_err(|e| ServeError::Task(e.to_string()))??;
     Ok(())
 }
 

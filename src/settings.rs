@@ -86,7 +86,10 @@ pub enum PatchError {
 }
 
 fn invalid(field: &str, problem: impl Into<String>) -> PatchError {
-    PatchError::Invalid { field: field.to_owned(), problem: problem.into() }
+    PatchError::Invalid {
+        field: field.to_owned(),
+        problem: problem.into(),
+    }
 }
 
 fn boolean(field: &str, v: &Value) -> Result<bool, PatchError> {
@@ -102,7 +105,14 @@ fn positive(field: &str, v: &Value, strings: bool) -> Result<u64, PatchError> {
     };
     match n {
         Some(n) if n >= 1 => Ok(n),
-        _ => Err(invalid(field, if strings { "must be a positive integer (number or decimal string)" } else { "must be a positive integer" })),
+        _ => Err(invalid(
+            field,
+            if strings {
+                "must be a positive integer (number or decimal string)"
+            } else {
+                "must be a positive integer"
+            },
+        )),
     }
 }
 
@@ -119,14 +129,21 @@ impl AppSettings {
             next.set(name, v, allow_http)?;
         }
         if next.callback_backoff_delay_ms > next.max_callback_backoff_delay_ms {
-            return Err(invalid("callback_backoff_delay_ms", "must not exceed max_callback_backoff_delay_ms"));
+            return Err(invalid(
+                "callback_backoff_delay_ms",
+                "must not exceed max_callback_backoff_delay_ms",
+            ));
         }
         if next.unhealthy_interval <= next.heartbeat_interval {
             return Err(invalid("unhealthy_interval", "must be greater than heartbeat_interval"));
         }
-        if let (Some(Value::Bool(alias)), Some(Value::Bool(sent))) =
-            (patch.get("sent_status"), patch.get("webhooks").and_then(|w| w.get("message")).and_then(|m| m.get("sent")))
-            && alias != sent
+        if let (Some(Value::Bool(alias)), Some(Value::Bool(sent))) = (
+            patch.get("sent_status"),
+            patch
+                .get("webhooks")
+                .and_then(|w| w.get("message"))
+                .and_then(|m| m.get("sent")),
+        ) && alias != sent
         {
             return Err(invalid("sent_status", "contradicts webhooks.message.sent"));
         }
@@ -189,12 +206,22 @@ impl AppSettings {
                 "url" => self.webhook_url = webhook_url(v, allow_http)?,
                 "max_concurrent_requests" => match v.as_u64() {
                     Some(n) if MAX_CONCURRENT_REQUESTS.contains(&n) => self.max_concurrent_requests = n,
-                    _ => return Err(invalid("webhooks.max_concurrent_requests", "must be one of 6, 12, 18, 24")),
+                    _ => {
+                        return Err(invalid(
+                            "webhooks.max_concurrent_requests",
+                            "must be one of 6, 12, 18, 24",
+                        ));
+                    }
                 },
                 "signing_secret" => match v.as_str() {
                     Some("") => self.signing_secret = None,
                     Some(s) if s.len() <= 256 => self.signing_secret = Some(s.to_owned()),
-                    _ => return Err(invalid("webhooks.signing_secret", "must be a string of at most 256 bytes")),
+                    _ => {
+                        return Err(invalid(
+                            "webhooks.signing_secret",
+                            "must be a string of at most 256 bytes",
+                        ));
+                    }
                 },
                 "message" => {
                     for (kind, v) in object("webhooks.message", v)? {
@@ -264,7 +291,10 @@ fn auto_download(v: &Value) -> Result<Vec<String>, PatchError> {
     for item in items {
         let kind = item.as_str().filter(|k| AUTO_DOWNLOAD_KINDS.contains(k));
         let Some(kind) = kind else {
-            return Err(invalid(field, "values must be audio, document, voice, video, image or sticker"));
+            return Err(invalid(
+                field,
+                "values must be audio, document, voice, video, image or sticker",
+            ));
         };
         if out.iter().any(|k| k == kind) {
             return Err(invalid(field, format!("{kind} is repeated")));
@@ -314,7 +344,11 @@ pub enum SettingsError {
 
 impl Settings {
     pub fn new(store: Store, allow_http_webhooks: bool) -> Settings {
-        Settings { store, writer: tokio::sync::Mutex::new(()), allow_http_webhooks }
+        Settings {
+            store,
+            writer: tokio::sync::Mutex::new(()),
+            allow_http_webhooks,
+        }
     }
 
     pub fn current(&self) -> Result<AppSettings, SettingsError> {
@@ -341,7 +375,10 @@ impl Settings {
     /// Restores every default (the registered number is kept: it is not a setting).
     pub async fn reset(&self) -> Result<AppSettings, SettingsError> {
         let _one_writer = self.writer.lock().await;
-        let next = AppSettings { wa_id: self.current()?.wa_id, ..AppSettings::default() };
+        let next = AppSettings {
+            wa_id: self.current()?.wa_id,
+            ..AppSettings::default()
+        };
         self.write(&next).await?;
         Ok(next)
     }

@@ -14,9 +14,17 @@ pub fn init(log_dir: &Path, filter: &str) -> std::io::Result<()> {
     let path = log_dir.join("coreq.log");
     let file = OpenOptions::new().create(true).append(true).open(&path)?;
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
-    let to_file = tracing_subscriber::fmt::layer().with_writer(Mutex::new(file)).with_ansi(false);
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let to_file = tracing_subscriber::fmt::layer()
+        .with_writer(Mutex::new(file))
+        .with_ansi(false);
     // A second init (tests running several servers in one process) keeps the first.
-    let _ = tracing_subscriber::registry().with(filter).with(stderr).with(to_file).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(to_file)
+        .try_init();
     Ok(())
 }

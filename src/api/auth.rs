@@ -46,7 +46,10 @@ impl FromRequestParts<AppState> for Caller {
         let token = credentials(parts, "Bearer").ok_or(ApiError::Unauthorized)?;
         let services = state.services()?;
         let principal = services.accounts.authenticate(token)?.ok_or(ApiError::Unauthorized)?;
-        Ok(Caller { principal, token: token.to_owned() })
+        Ok(Caller {
+            principal,
+            token: token.to_owned(),
+        })
     }
 }
 

@@ -64,7 +64,10 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ApiError {
-        ApiError::Invalid { field: field.into(), problem: problem.into() }
+        ApiError::Invalid {
+            field: field.into(),
+            problem: problem.into(),
+        }
     }
 
     /// HTTP status, On-Premises code, title and details.
@@ -72,24 +75,82 @@ impl ApiError {
         use ApiError::*;
         use StatusCode as S;
         match self {
-            TooLong { field, max } => (S::BAD_REQUEST, 1001, "Message too long", format!("{field}: more than {max} characters")),
-            Unauthorized => (S::UNAUTHORIZED, 1005, "Access denied", "invalid or missing credentials".into()),
-            Forbidden => (S::FORBIDDEN, 1005, "Access denied", "not allowed for this user's role".into()),
+            TooLong { field, max } => (
+                S::BAD_REQUEST,
+                1001,
+                "Message too long",
+                format!("{field}: more than {max} characters"),
+            ),
+            Unauthorized => (
+                S::UNAUTHORIZED,
+                1005,
+                "Access denied",
+                "invalid or missing credentials".into(),
+            ),
+            Forbidden => (
+                S::FORBIDDEN,
+                1005,
+                "Access denied",
+                "not allowed for this user's role".into(),
+            ),
             NotFound(what) => (S::NOT_FOUND, 1006, "Resource not found", what.clone()),
-            Missing(field) => (S::BAD_REQUEST, 1008, "Required parameter is missing", format!("{field}: missing")),
-            Invalid { field, problem } => (S::BAD_REQUEST, 1009, "Parameter value is not valid", format!("{field}: {problem}")),
-            Unknown(field) => (S::BAD_REQUEST, 1010, "Unknown parameter", format!("{field}: unknown parameter")),
+            Missing(field) => (
+                S::BAD_REQUEST,
+                1008,
+                "Required parameter is missing",
+                format!("{field}: missing"),
+            ),
+            Invalid { field, problem } => (
+                S::BAD_REQUEST,
+                1009,
+                "Parameter value is not valid",
+                format!("{field}: {problem}"),
+            ),
+            Unknown(field) => (
+                S::BAD_REQUEST,
+                1010,
+                "Unknown parameter",
+                format!("{field}: unknown parameter"),
+            ),
             NotReady(what) => (S::SERVICE_UNAVAILABLE, 1011, "Service not ready", (*what).to_owned()),
-            NoSpace(volume) => (S::INSUFFICIENT_STORAGE, 1014, "Internal error", format!("{volume}: under 10 MB free")),
-            Internal(_) => (S::INTERNAL_SERVER_ERROR, 1014, "Internal error", "see the server log".into()),
-            TooManyRequests => (S::TOO_MANY_REQUESTS, 1015, "Too many requests", "too many failed attempts; retry later".into()),
+            NoSpace(volume) => (
+                S::INSUFFICIENT_STORAGE,
+                1014,
+                "Internal error",
+                format!("{volume}: under 10 MB free"),
+            ),
+            Internal(_) => (
+                S::INTERNAL_SERVER_ERROR,
+                1014,
+                "Internal error",
+                "see the server log".into(),
+            ),
+            TooManyRequests => (
+                S::TOO_MANY_REQUESTS,
+                1015,
+                "Too many requests",
+                "too many failed attempts; retry later".into(),
+            ),
             Overloaded(what) => (S::SERVICE_UNAVAILABLE, 1016, "System overloaded", (*what).to_owned()),
-            Database(_) => (S::INTERNAL_SERVER_ERROR, 1023, "Generic database error", "see the server log".into()),
-            PasswordChangeRequired => {
-                (S::UNAUTHORIZED, 1024, "Password Change Required", "new_password: required while the default password is in use".into())
-            }
+            Database(_) => (
+                S::INTERNAL_SERVER_ERROR,
+                1023,
+                "Generic database error",
+                "see the server log".into(),
+            ),
+            PasswordChangeRequired => (
+                S::UNAUTHORIZED,
+                1024,
+                "Password Change Required",
+                "new_password: required while the default password is in use".into(),
+            ),
             Malformed(details) => (S::BAD_REQUEST, 1025, "Invalid request", details.clone()),
-            TooLarge { limit } => (S::PAYLOAD_TOO_LARGE, 1025, "Invalid request", format!("body: over {limit} bytes")),
+            TooLarge { limit } => (
+                S::PAYLOAD_TOO_LARGE,
+                1025,
+                "Invalid request",
+                format!("body: over {limit} bytes"),
+            ),
         }
     }
 }
@@ -140,7 +201,13 @@ pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
 
 /// Parses JSON, reporting a syntax error with its line and column.
 pub fn parse_json(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::Malformed(format!("body: invalid JSON at line {} column {}: {e}", e.line(), e.column())))
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::Malformed(format!(
+            "body: invalid JSON at line {} column {}: {e}",
+            e.line(),
+            e.column()
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -150,7 +217,14 @@ mod tests {
     #[test]
     fn every_code_has_the_status_the_spec_gives_it() {
         let cases = [
-            (ApiError::TooLong { field: "text.body".into(), max: 4096 }, 400, 1001),
+            (
+                ApiError::TooLong {
+                    field: "text.body".into(),
+                    max: 4096,
+                },
+                400,
+                1001,
+            ),
             (ApiError::Unauthorized, 401, 1005),
             (ApiError::Forbidden, 403, 1005),
             (ApiError::NotFound("/x".into()), 404, 1006),
@@ -180,7 +254,9 @@ mod tests {
 
     #[test]
     fn json_syntax_error_names_line_and_column() {
-        let Err(ApiError::Malformed(details)) = parse_json(b"{\n  \"a\": 1,\n  oops\n}") else { panic!("not malformed") };
+        let Err(ApiError::Malformed(details)) = parse_json(b"{\n  \"a\": 1,\n  oops\n}") else {
+            panic!("not malformed")
+        };
         assert!(details.contains("line 3 column 3"), "{details}");
     }
 }

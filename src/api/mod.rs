@@ -52,7 +52,9 @@ impl AppState {
 
     /// The services, or 503/1011 while recovering.
     pub fn services(&self) -> Result<&Arc<Services>, ApiError> {
-        self.services.get().ok_or(ApiError::NotReady("recovering the write-ahead log"))
+        self.services
+            .get()
+            .ok_or(ApiError::NotReady("recovering the write-ahead log"))
     }
 }
 
@@ -66,7 +68,10 @@ pub fn router(state: AppState) -> Router {
         .merge(settings::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_ready));
-    Router::new().route("/livez", get(livez)).merge(ready_only).with_state(state)
+    Router::new()
+        .route("/livez", get(livez))
+        .merge(ready_only)
+        .with_state(state)
 }
 
 /// `GET /livez` [ext]: 200 `ok` once the process serves HTTP; needs no credentials and says

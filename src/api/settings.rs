@@ -1,8 +1,8 @@
 //! The settings node (spec §4): `GET/PATCH/DELETE /v1/settings/application`, admin only.
 
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use axum::extract::State;
 use serde_json::{Value, json};
 
 use crate::api::auth::Admin;
@@ -27,11 +27,15 @@ impl From<SettingsError> for ApiError {
 
 async fn read(State(state): State<AppState>, _admin: Admin) -> Result<Json<Value>, ApiError> {
     let current = state.services()?.settings.current()?;
-    Ok(Json(json!({ "settings": { "application": current.to_json() }, "meta": meta() })))
+    Ok(Json(
+        json!({ "settings": { "application": current.to_json() }, "meta": meta() }),
+    ))
 }
 
 async fn patch(State(state): State<AppState>, _admin: Admin, ApiJson(body): ApiJson) -> Result<Json<Value>, ApiError> {
-    let Value::Object(patch) = body else { return Err(ApiError::Malformed("body: must be a JSON object".into())) };
+    let Value::Object(patch) = body else {
+        return Err(ApiError::Malformed("body: must be a JSON object".into()));
+    };
     state.services()?.settings.patch(&patch).await?;
     Ok(Json(json!({ "meta": meta() })))
 }

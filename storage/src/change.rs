@@ -17,28 +17,67 @@ use crate::model::{CallbackSeq, Message, SendSeq, Token, UnixMillis, User};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
     /// Callbacks `first_seq..first_seq + bodies.len()` were enqueued.
-    CallbacksEnqueued { first_seq: CallbackSeq, enqueued_at: UnixMillis, bodies: Vec<Vec<u8>> },
+    CallbacksEnqueued {
+        first_seq: CallbackSeq,
+        enqueued_at: UnixMillis,
+        bodies: Vec<Vec<u8>>,
+    },
     /// A delivery attempt of `seq` failed; `failures` is the new consecutive-failure count.
-    CallbackFailed { seq: CallbackSeq, failures: u32, error: String, at: UnixMillis, next_attempt_at: UnixMillis },
+    CallbackFailed {
+        seq: CallbackSeq,
+        failures: u32,
+        error: String,
+        at: UnixMillis,
+        next_attempt_at: UnixMillis,
+    },
     /// The webhook answered 200 for `seq`: it leaves the queue.
-    CallbackDelivered { seq: CallbackSeq },
+    CallbackDelivered {
+        seq: CallbackSeq,
+    },
     /// An operator removed `seq` (a poison callback).
-    CallbackDeleted { seq: CallbackSeq },
+    CallbackDeleted {
+        seq: CallbackSeq,
+    },
     /// A message was accepted and queued for the gateway.
-    MessageAccepted { message: Message },
+    MessageAccepted {
+        message: Message,
+    },
     /// The gateway accepted the message: it leaves the send queue.
-    MessageHanded { id: String, send_seq: SendSeq },
+    MessageHanded {
+        id: String,
+        send_seq: SendSeq,
+    },
     /// The message reached `status` (recorded once per status).
-    MessageStatus { id: String, status: String, at: UnixMillis, errors: Option<Vec<u8>> },
+    MessageStatus {
+        id: String,
+        status: String,
+        at: UnixMillis,
+        errors: Option<Vec<u8>>,
+    },
     /// Garbage collection removed finished messages.
-    MessagesDeleted { ids: Vec<String> },
+    MessagesDeleted {
+        ids: Vec<String>,
+    },
     /// Settings written together (`None` removes one), applied atomically.
-    SettingsPut { entries: Vec<(String, Option<Vec<u8>>)> },
-    UserPut { user: User },
+    SettingsPut {
+        entries: Vec<(String, Option<Vec<u8>>)>,
+    },
+    UserPut {
+        user: User,
+    },
     /// The user and every token of theirs.
-    UserDeleted { name: String },
-    TokenPut { token: Token },
-    TokenRevoked { hash: Vec<u8> },
+    UserDeleted {
+        name: String,
+    },
+    TokenPut {
+        token: Token,
+    },
+    TokenRevoked {
+        hash: Vec<u8>,
+    },
     /// A named position (e.g. the mirror's LSN).
-    CursorSet { name: String, value: u64 },
+    CursorSet {
+        name: String,
+        value: u64,
+    },
 }

@@ -107,7 +107,13 @@ impl Store {
         Store::with(None, Box::new(MemoryState::new()), Counters::START, 0, Vec::new())
     }
 
-    fn with(wal: Option<Wal<Change>>, state: Box<dyn State>, counters: Counters, applied: Lsn, retaining: Vec<String>) -> Store {
+    fn with(
+        wal: Option<Wal<Change>>,
+        state: Box<dyn State>,
+        counters: Counters,
+        applied: Lsn,
+        retaining: Vec<String>,
+    ) -> Store {
         Store {
             inner: Arc::new(Inner {
                 wal,
@@ -126,7 +132,10 @@ impl Store {
     /// Opens the durable store and recovers: the WAL's end is repaired, and every record after
     /// the state's last checkpoint is applied again. Blocking; call before serving.
     pub fn open(config: StoreConfig) -> Result<(Store, RecoveryReport)> {
-        std::fs::create_dir_all(&config.sled.path).map_err(|source| StorageError::Io { path: config.sled.path.clone(), source })?;
+        std::fs::create_dir_all(&config.sled.path).map_err(|source| StorageError::Io {
+            path: config.sled.path.clone(),
+            source,
+        })?;
         let state = SledState::open(&config.sled)?;
         let (wal, wal_report) = Wal::<Change>::open(config.wal)?;
         let checkpoint = state.last_checkpoint()?;
@@ -150,8 +159,19 @@ impl Store {
         let durable = wal.durable_lsn();
         let store = Store::with(Some(wal), Box::new(state), counters, durable, config.retaining_cursors);
         store.checkpoint()?;
-        let report = RecoveryReport { wal: wal_report, checkpoint_lsn: checkpoint.lsn, replayed, corrupt_records: corrupt };
-        tracing::info!(checkpoint = checkpoint.lsn, replayed, corrupt, next_lsn = report.wal.next_lsn, "storage: recovered");
+        let report = RecoveryReport {
+            wal: wal_report,
+            checkpoint_lsn: checkpoint.lsn,
+            replayed,
+            corrupt_records: corrupt,
+        };
+        tracing::info!(
+            checkpoint = checkpoint.lsn,
+            replayed,
+            corrupt,
+            next_lsn = report.wal.next_lsn,
+            "storage: recovered"
+        );
         Ok((store, report))
     }
 
@@ -164,12 +184,19 @@ impl Store {
 
     fn poison(&self, err: &StorageError) {
         tracing::error!(error = %err, "storage: applying a committed record failed; the store is poisoned until restart");
-        self.inner.poisoned.lock().expect("poison lock").get_or_insert_with(|| err.to_string());
+        self.inner
+            .poisoned
+            .lock()
+            .expect("poison lock")
+            .get_or_insert_with(|| err.to_string());
     }
 
     /// Allocates ids with `build` and queues the records, in one critical section. If the log
     /// refuses them, the ids are given back: an id never used would hold visibility back.
-    fn submit(&self, build: impl FnOnce(&mut Counters) -> Vec<Change>) -> Result<(Vec<Change>, Option<coreq_wal::Ticket>)> {
+    fn submit(
+        &self,
+        build: impl FnOnce(&mut Counters) -> Vec<Change>,
+    ) -> Result<(Vec<Change>, Option<coreq_wal::Ticket>)> {
         self.check_poison()?;
         let mut counters = self.inner.sequencer.lock().expect("sequencer lock");
         let before = *counters;
@@ -197,9 +224,13 @@ impl Store {
         for change in changes {
             match change {
                 Change::CallbacksEnqueued { first_seq, bodies, .. } => {
-                    self.inner.visible_callbacks.mark(*first_seq..=first_seq + bodies.len() as u64 - 1);
+                    self.inner
+                        .visible_callbacks
+                        .mark(*first_seq..=first_seq + bodies.len() as u64 - 1);
                 }
-                Change::MessageAccepted { message } => self.inner.visible_sends.mark(message.send_seq..=message.send_seq),
+                Change::MessageAccepted { message } => {
+                    self.inner.visible_sends.mark(message.send_seq..=message.send_seq)
+                }
                 _ => {}
             }
         }
@@ -224,7 +255,8 @@ impl Store {
             store.apply_all(&changes, Some(ticket.lsns()))?;
             Ok::<_, StorageError>(changes)
         });
-        task.await.map_err(|e| StorageError::Poisoned(format!("commit task failed: {e}")))?
+        task.await
+            .map_err(|e| StorageError::Poisoned(format!("commit task failed: {e}")))?
     }
 
     /// Commits without waiting for durability: applied now, durable with the next group commit.
@@ -246,7 +278,11 @@ impl Store {
                 for chunk in chunk_by_size(bodies, MAX_ENQUEUE_RECORD_BYTES) {
                     let first_seq = c.next_callback_seq;
                     c.next_callback_seq += chunk.len() as u64;
-                    out.push(Change::CallbacksEnqueued { first_seq, enqueued_at: now, bodies: chunk });
+                    out.push(Change::CallbacksEnqueued {
+                        first_seq,
+                        enqueued_at: now,
+                        bodies: chunk,
+                    });
                 }
                 out
             })
@@ -266,8 +302,21 @@ impl Store {
     }
 
     /// A delivery attempt failed (lazily durable).
-    pub fn record_failure_lazy(&self, seq: CallbackSeq, failures: u32, error: String, at: UnixMillis, next_attempt_at: UnixMillis) -> Result<()> {
-        self.commit_lazy(Change::CallbackFailed { seq, failures, error, at, next_attempt_at })
+    pub fn record_failure_lazy(
+        &self,
+        seq: CallbackSeq,
+        failures: u32,
+        error: String,
+        at: UnixMillis,
+        next_attempt_at: UnixMillis,
+    ) -> Result<()> {
+        self.commit_lazy(Change::CallbackFailed {
+            seq,
+            failures,
+            error,
+            at,
+            next_attempt_at,
+        })
     }
 
     /// An operator deletes a callback (durable).
@@ -299,12 +348,26 @@ impl Store {
     // ---- messages ---------------------------------------------------------------------------
 
     /// Accepts a message under `id` and queues it for the gateway; returns once durable.
-    pub async fn accept_message(&self, id: String, recipient: String, body: Vec<u8>, now: UnixMillis) -> Result<Message> {
+    pub async fn accept_message(
+        &self,
+        id: String,
+        recipient: String,
+        body: Vec<u8>,
+        now: UnixMillis,
+    ) -> Result<Message> {
         let changes = self
             .commit_durable(|c| {
                 let send_seq = c.next_send_seq;
                 c.next_send_seq += 1;
-                let message = Message { id, recipient, body, accepted_at: now, send_seq, handed_to_gateway: false, statuses: Vec::new() };
+                let message = Message {
+                    id,
+                    recipient,
+                    body,
+                    accepted_at: now,
+                    send_seq,
+                    handed_to_gateway: false,
+                    statuses: Vec::new(),
+                };
                 vec![Change::MessageAccepted { message }]
             })
             .await?;
@@ -316,7 +379,13 @@ impl Store {
 
     /// The gateway accepted the message (durable: it must not be sent again).
     pub async fn mark_handed(&self, id: &str, send_seq: SendSeq) -> Result<()> {
-        self.commit_durable(|_| vec![Change::MessageHanded { id: id.to_owned(), send_seq }]).await?;
+        self.commit_durable(|_| {
+            vec![Change::MessageHanded {
+                id: id.to_owned(),
+                send_seq,
+            }]
+        })
+        .await?;
         Ok(())
     }
 
@@ -328,7 +397,12 @@ impl Store {
             Some(m) if !m.has_status(status) => {}
             _ => return Ok(false),
         }
-        let change = Change::MessageStatus { id: id.to_owned(), status: status.to_owned(), at, errors };
+        let change = Change::MessageStatus {
+            id: id.to_owned(),
+            status: status.to_owned(),
+            at,
+            errors,
+        };
         self.commit_durable(|_| vec![change]).await?;
         Ok(true)
     }
@@ -390,7 +464,8 @@ impl Store {
 
     /// Deletes a user and revokes all their tokens. Durable.
     pub async fn delete_user(&self, name: &str) -> Result<()> {
-        self.commit_durable(|_| vec![Change::UserDeleted { name: name.to_owned() }]).await?;
+        self.commit_durable(|_| vec![Change::UserDeleted { name: name.to_owned() }])
+            .await?;
         Ok(())
     }
 
@@ -417,7 +492,13 @@ impl Store {
     }
 
     pub async fn set_cursor(&self, name: &str, value: u64) -> Result<()> {
-        self.commit_durable(|_| vec![Change::CursorSet { name: name.to_owned(), value }]).await?;
+        self.commit_durable(|_| {
+            vec![Change::CursorSet {
+                name: name.to_owned(),
+                value,
+            }]
+        })
+        .await?;
         Ok(())
     }
 
@@ -457,7 +538,12 @@ impl Store {
 
     /// Scans the whole WAL (see [`Wal::verify`]).
     pub fn verify_wal(&self) -> Result<Option<VerifyReport>> {
-        self.inner.wal.as_ref().map(|w| w.verify()).transpose().map_err(Into::into)
+        self.inner
+            .wal
+            .as_ref()
+            .map(|w| w.verify())
+            .transpose()
+            .map_err(Into::into)
     }
 
     /// Reads committed records from `from` on (for the mirror and tools).
@@ -482,7 +568,9 @@ fn check_log_covers(wal: &Wal<Change>, report: &OpenReport, checkpoint: Lsn) -> 
     }
     let first = wal.stats().first_lsn;
     if first > checkpoint + 1 {
-        return Err(StorageError::Invalid(format!("the WAL starts at lsn {first}, after the checkpoint {checkpoint}: records are missing")));
+        return Err(StorageError::Invalid(format!(
+            "the WAL starts at lsn {first}, after the checkpoint {checkpoint}: records are missing"
+        )));
     }
     Ok(())
 }
@@ -510,6 +598,10 @@ fn chunk_by_size(bodies: Vec<Vec<u8>>, max: usize) -> Vec<Vec<Vec<u8>>> {
 /// Adds `status` to a message's history unless it is already there (idempotent apply).
 pub(crate) fn record_status(message: &mut Message, status: &str, at: UnixMillis, errors: &Option<Vec<u8>>) {
     if !message.has_status(status) {
-        message.statuses.push(StatusEntry { status: status.to_owned(), at, errors: errors.clone() });
+        message.statuses.push(StatusEntry {
+            status: status.to_owned(),
+            at,
+            errors: errors.clone(),
+        });
     }
 }

@@ -42,7 +42,11 @@ impl State for MemoryState {
     fn apply(&self, change: &Change) -> Result<()> {
         let mut m = self.maps.write().expect("memory state lock");
         match change {
-            Change::CallbacksEnqueued { first_seq, enqueued_at, bodies } => {
+            Change::CallbacksEnqueued {
+                first_seq,
+                enqueued_at,
+                bodies,
+            } => {
                 for (i, body) in bodies.iter().enumerate() {
                     let seq = first_seq + i as u64;
                     m.callbacks.entry(seq).or_insert_with(|| PendingCallback {
@@ -53,7 +57,13 @@ impl State for MemoryState {
                     });
                 }
             }
-            Change::CallbackFailed { seq, failures, error, at, next_attempt_at } => {
+            Change::CallbackFailed {
+                seq,
+                failures,
+                error,
+                at,
+                next_attempt_at,
+            } => {
                 if let Some(cb) = m.callbacks.get_mut(seq) {
                     cb.attempts = Attempts {
                         failures: *failures,
@@ -129,7 +139,13 @@ impl State for MemoryState {
 
     fn pending_callbacks(&self, after: Option<CallbackSeq>, limit: usize) -> Result<Vec<PendingCallback>> {
         let from = after.map_or(0, |a| a + 1);
-        Ok(self.read().callbacks.range(from..).take(limit).map(|(_, c)| c.clone()).collect())
+        Ok(self
+            .read()
+            .callbacks
+            .range(from..)
+            .take(limit)
+            .map(|(_, c)| c.clone())
+            .collect())
     }
 
     fn pending_callback(&self, seq: CallbackSeq) -> Result<Option<PendingCallback>> {
@@ -147,7 +163,11 @@ impl State for MemoryState {
     fn send_queue(&self, after: Option<SendSeq>, limit: usize) -> Result<Vec<Message>> {
         let m = self.read();
         let from = after.map_or(0, |a| a + 1);
-        Ok(m.send_queue.range(from..).take(limit).filter_map(|(_, id)| m.messages.get(id).cloned()).collect())
+        Ok(m.send_queue
+            .range(from..)
+            .take(limit)
+            .filter_map(|(_, id)| m.messages.get(id).cloned())
+            .collect())
     }
 
     fn send_queue_len(&self) -> u64 {
@@ -160,7 +180,11 @@ impl State for MemoryState {
 
     fn message_ids(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
         let m = self.read();
-        let ids = m.messages.keys().filter(|k| after.is_none_or(|a| k.as_str() > a)).take(limit);
+        let ids = m
+            .messages
+            .keys()
+            .filter(|k| after.is_none_or(|a| k.as_str() > a))
+            .take(limit);
         Ok(ids.cloned().collect())
     }
 
@@ -169,7 +193,12 @@ impl State for MemoryState {
     }
 
     fn settings(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        Ok(self.read().settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        Ok(self
+            .read()
+            .settings
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 
     fn user(&self, name: &str) -> Result<Option<User>> {

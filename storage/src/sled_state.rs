@@ -48,7 +48,11 @@ pub struct SledConfig {
 
 impl SledConfig {
     pub fn new(path: impl Into<PathBuf>) -> SledConfig {
-        SledConfig { path: path.into(), cache_capacity_bytes: 64 << 20, flush_every_ms: 1000 }
+        SledConfig {
+            path: path.into(),
+            cache_capacity_bytes: 64 << 20,
+            flush_every_ms: 1000,
+        }
     }
 }
 
@@ -94,13 +98,20 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
-    postcard::from_bytes(bytes).map_err(|source| StorageError::Decode { key: String::from_utf8_lossy(key).into_owned(), source })
+    postcard::from_bytes(bytes).map_err(|source| StorageError::Decode {
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    })
 }
 
 /// A cursor value: 8 big-endian bytes. Anything else is damage, reported rather than read as 0.
 fn be_u64(key: &[u8], value: &[u8]) -> Result<u64> {
     let bytes: [u8; 8] = value.try_into().map_err(|_| {
-        StorageError::Invalid(format!("cursor {} holds {} bytes, not 8", String::from_utf8_lossy(key), value.len()))
+        StorageError::Invalid(format!(
+            "cursor {} holds {} bytes, not 8",
+            String::from_utf8_lossy(key),
+            value.len()
+        ))
     })?;
     Ok(u64::from_be_bytes(bytes))
 }
@@ -114,7 +125,10 @@ impl SledState {
             .mode(sled::Mode::HighThroughput)
             .open()?;
         let data_path = config.path.join("db");
-        let data_file = File::open(&data_path).map_err(|source| StorageError::Io { path: data_path, source })?;
+        let data_file = File::open(&data_path).map_err(|source| StorageError::Io {
+            path: data_path,
+            source,
+        })?;
         let state = SledState {
             db,
             path: config.path.clone(),
@@ -124,7 +138,9 @@ impl SledState {
             send_queue: AtomicU64::new(0),
             messages: AtomicU64::new(0),
         };
-        state.pending_callbacks.store(state.count_prefix(b'c')?, Ordering::Relaxed);
+        state
+            .pending_callbacks
+            .store(state.count_prefix(b'c')?, Ordering::Relaxed);
         state.send_queue.store(state.count_prefix(b's')?, Ordering::Relaxed);
         state.messages.store(state.count_prefix(b'm')?, Ordering::Relaxed);
         Ok(state)
@@ -166,7 +182,10 @@ impl SledState {
             }
         })?;
         match decode_error {
-            Some(source) => Err(StorageError::Decode { key: format!("m{id}"), source }),
+            Some(source) => Err(StorageError::Decode {
+                key: format!("m{id}"),
+                source,
+            }),
             None => Ok(()),
         }
     }
@@ -174,7 +193,10 @@ impl SledState {
     fn apply_enqueue(&self, first_seq: CallbackSeq, enqueued_at: u64, bodies: &[Vec<u8>]) -> Result<()> {
         for (i, body) in bodies.iter().enumerate() {
             let seq = first_seq + i as u64;
-            let value = encode(&StoredCallback { enqueued_at, body: body.clone() });
+            let value = encode(&StoredCallback {
+                enqueued_at,
+                body: body.clone(),
+            });
             if self.db.insert(seq_key(b'c', seq), value)?.is_none() {
                 self.pending_callbacks.fetch_add(1, Ordering::Relaxed);
             }
@@ -192,10 +214,18 @@ impl SledState {
 
     fn apply_message_accepted(&self, message: &Message) -> Result<()> {
         let k = key(b'm', message.id.as_bytes());
-        let fresh = self.db.compare_and_swap(&k, None as Option<&[u8]>, Some(encode(message)))?.is_ok();
+        let fresh = self
+            .db
+            .compare_and_swap(&k, None as Option<&[u8]>, Some(encode(message)))?
+            .is_ok();
         if fresh {
             self.messages.fetch_add(1, Ordering::Relaxed);
-            if !message.handed_to_gateway && self.db.insert(seq_key(b's', message.send_seq), message.id.as_bytes())?.is_none() {
+            if !message.handed_to_gateway
+                && self
+                    .db
+                    .insert(seq_key(b's', message.send_seq), message.id.as_bytes())?
+                    .is_none()
+            {
                 self.send_queue.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -254,7 +284,9 @@ impl SledState {
             let path = path.to_path_buf();
             move |source| StorageError::Io { path, source }
         };
-        let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
         let mut synced = self.synced_blobs.lock().expect("blob set lock");
         let mut any = false;
         for entry in entries {
@@ -282,8 +314,18 @@ impl SledState {
 impl State for SledState {
     fn apply(&self, change: &Change) -> Result<()> {
         match change {
-            Change::CallbacksEnqueued { first_seq, enqueued_at, bodies } => self.apply_enqueue(*first_seq, *enqueued_at, bodies)?,
-            Change::CallbackFailed { seq, failures, error, at, next_attempt_at } => {
+            Change::CallbacksEnqueued {
+                first_seq,
+                enqueued_at,
+                bodies,
+            } => self.apply_enqueue(*first_seq, *enqueued_at, bodies)?,
+            Change::CallbackFailed {
+                seq,
+                failures,
+                error,
+                at,
+                next_attempt_at,
+            } => {
                 if self.db.contains_key(seq_key(b'c', *seq))? {
                     let attempts = Attempts {
                         failures: *failures,
@@ -327,7 +369,9 @@ impl State for SledState {
         self.db.flush()?;
         self.sync_blobs()?;
         let data = self.path.join("db");
-        self.data_file.sync_data().map_err(|source| StorageError::Io { path: data, source })?;
+        self.data_file
+            .sync_data()
+            .map_err(|source| StorageError::Io { path: data, source })?;
         Ok(())
     }
 
@@ -387,7 +431,11 @@ impl State for SledState {
             None => std::ops::Bound::Included(vec![b'm']),
         };
         let mut out = Vec::new();
-        for kv in self.db.range::<Vec<u8>, _>((start, std::ops::Bound::Excluded(vec![b'm' + 1]))).take(limit) {
+        for kv in self
+            .db
+            .range::<Vec<u8>, _>((start, std::ops::Bound::Excluded(vec![b'm' + 1])))
+            .take(limit)
+        {
             let (k, _) = kv?;
             out.push(String::from_utf8_lossy(&k[1..]).into_owned());
         }
@@ -446,6 +494,11 @@ impl SledState {
     fn load_callback(&self, seq: CallbackSeq, k: &[u8], v: &[u8]) -> Result<PendingCallback> {
         let stored: StoredCallback = decode(k, v)?;
         let attempts = self.get::<Attempts>(&seq_key(b'a', seq))?.unwrap_or_default();
-        Ok(PendingCallback { seq, enqueued_at: stored.enqueued_at, body: stored.body, attempts })
+        Ok(PendingCallback {
+            seq,
+            enqueued_at: stored.enqueued_at,
+            body: stored.body,
+            attempts,
+        })
     }
 }

@@ -18,7 +18,10 @@ pub struct Counters {
 }
 
 impl Counters {
-    pub const START: Counters = Counters { next_callback_seq: 1, next_send_seq: 1 };
+    pub const START: Counters = Counters {
+        next_callback_seq: 1,
+        next_send_seq: 1,
+    };
 
     /// Raises the counters past the ids `change` uses.
     pub fn observe(&mut self, change: &Change) {

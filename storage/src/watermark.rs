@@ -15,7 +15,9 @@ pub(crate) struct Watermark {
 
 impl Watermark {
     pub(crate) fn new(applied: Lsn) -> Watermark {
-        Watermark { inner: Mutex::new((applied, BTreeMap::new())) }
+        Watermark {
+            inner: Mutex::new((applied, BTreeMap::new())),
+        }
     }
 
     pub(crate) fn get(&self) -> Lsn {

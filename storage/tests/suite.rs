@@ -11,7 +11,10 @@ struct Fixture {
 }
 
 fn memory() -> Fixture {
-    Fixture { store: Store::memory(), _dir: None }
+    Fixture {
+        store: Store::memory(),
+        _dir: None,
+    }
 }
 
 fn sled() -> Fixture {
@@ -21,7 +24,12 @@ fn sled() -> Fixture {
 }
 
 fn user(name: &str, role: Role) -> User {
-    User { name: name.into(), password_hash: "$argon2id$fake".into(), role, must_change_password: false }
+    User {
+        name: name.into(),
+        password_hash: "$argon2id$fake".into(),
+        role,
+        must_change_password: false,
+    }
 }
 
 fn bodies(n: usize) -> Vec<Vec<u8>> {
@@ -68,7 +76,10 @@ macro_rules! concurrent_suite {
     };
 }
 
-concurrent_suite!(head_of_the_queue_never_shows_a_hole_under_concurrent_enqueues, send_queue_never_shows_a_hole_under_concurrent_accepts);
+concurrent_suite!(
+    head_of_the_queue_never_shows_a_hole_under_concurrent_enqueues,
+    send_queue_never_shows_a_hole_under_concurrent_accepts
+);
 
 async fn head_of_the_queue_never_shows_a_hole_under_concurrent_enqueues(f: Fixture) {
     let store = f.store.clone();
@@ -84,8 +95,17 @@ async fn head_of_the_queue_never_shows_a_hole_under_concurrent_enqueues(f: Fixtu
         .collect();
     let mut observations = 0;
     while writers.iter().any(|w| !w.is_finished()) && observations < 100_000 {
-        let seqs: Vec<u64> = store.pending_callbacks(None, 10_000).unwrap().iter().map(|c| c.seq).collect();
-        assert!(seqs.iter().copied().eq(1..=seqs.len() as u64), "hole at the head: {:?}", &seqs[..seqs.len().min(40)]);
+        let seqs: Vec<u64> = store
+            .pending_callbacks(None, 10_000)
+            .unwrap()
+            .iter()
+            .map(|c| c.seq)
+            .collect();
+        assert!(
+            seqs.iter().copied().eq(1..=seqs.len() as u64),
+            "hole at the head: {:?}",
+            &seqs[..seqs.len().min(40)]
+        );
         observations += 1;
         tokio::task::yield_now().await;
     }
@@ -102,15 +122,27 @@ async fn send_queue_never_shows_a_hole_under_concurrent_accepts(f: Fixture) {
             let store = store.clone();
             tokio::spawn(async move {
                 for i in 0..20 {
-                    store.accept_message(format!("m-{w}-{i}"), "1".into(), vec![], 0).await.unwrap();
+                    store
+                        .accept_message(format!("m-{w}-{i}"), "1".into(), vec![], 0)
+                        .await
+                        .unwrap();
                 }
             })
         })
         .collect();
     let mut observations = 0;
     while writers.iter().any(|w| !w.is_finished()) && observations < 100_000 {
-        let seqs: Vec<u64> = store.send_queue(None, 10_000).unwrap().iter().map(|m| m.send_seq).collect();
-        assert!(seqs.iter().copied().eq(1..=seqs.len() as u64), "hole in the send queue: {:?}", &seqs[..seqs.len().min(40)]);
+        let seqs: Vec<u64> = store
+            .send_queue(None, 10_000)
+            .unwrap()
+            .iter()
+            .map(|m| m.send_seq)
+            .collect();
+        assert!(
+            seqs.iter().copied().eq(1..=seqs.len() as u64),
+            "hole in the send queue: {:?}",
+            &seqs[..seqs.len().min(40)]
+        );
         observations += 1;
         tokio::task::yield_now().await;
     }
@@ -146,7 +178,13 @@ async fn window_after_a_seq_starts_after_it(f: Fixture) {
 async fn delivered_callback_leaves_the_queue(f: Fixture) {
     f.store.enqueue_callbacks(bodies(3), 0).await.unwrap();
     f.store.mark_delivered_lazy(2).unwrap();
-    let seqs: Vec<_> = f.store.pending_callbacks(None, 10).unwrap().iter().map(|c| c.seq).collect();
+    let seqs: Vec<_> = f
+        .store
+        .pending_callbacks(None, 10)
+        .unwrap()
+        .iter()
+        .map(|c| c.seq)
+        .collect();
     assert_eq!(seqs, vec![1, 3]);
     assert_eq!(f.store.pending_callback_count(), 2);
     assert!(f.store.pending_callback(2).unwrap().is_none());
@@ -196,11 +234,19 @@ async fn large_batch_is_split_but_keeps_one_seq_per_body(f: Fixture) {
     assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
     let window = f.store.pending_callbacks(None, 100).unwrap();
     assert_eq!(window.len(), 40);
-    assert!(window.iter().all(|c| c.body.len() == 256 << 10 && c.body[0] == (c.seq - 1) as u8));
+    assert!(
+        window
+            .iter()
+            .all(|c| c.body.len() == 256 << 10 && c.body[0] == (c.seq - 1) as u8)
+    );
 }
 
 async fn accepted_message_is_stored_and_queued_for_sending(f: Fixture) {
-    let m = f.store.accept_message("m1".into(), "15551234".into(), b"{}".to_vec(), 7).await.unwrap();
+    let m = f
+        .store
+        .accept_message("m1".into(), "15551234".into(), b"{}".to_vec(), 7)
+        .await
+        .unwrap();
     assert_eq!(m.send_seq, 1);
     let stored = f.store.message("m1").unwrap().unwrap();
     assert_eq!(stored, m);
@@ -214,14 +260,30 @@ async fn send_queue_is_in_acceptance_order(f: Fixture) {
     for id in ["z", "a", "m"] {
         f.store.accept_message(id.into(), "1".into(), vec![], 0).await.unwrap();
     }
-    let ids: Vec<_> = f.store.send_queue(None, 10).unwrap().into_iter().map(|m| m.id).collect();
+    let ids: Vec<_> = f
+        .store
+        .send_queue(None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
     assert_eq!(ids, vec!["z", "a", "m"]);
-    let after_first: Vec<_> = f.store.send_queue(Some(1), 10).unwrap().into_iter().map(|m| m.id).collect();
+    let after_first: Vec<_> = f
+        .store
+        .send_queue(Some(1), 10)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
     assert_eq!(after_first, vec!["a", "m"]);
 }
 
 async fn handed_message_leaves_the_send_queue(f: Fixture) {
-    let m = f.store.accept_message("m1".into(), "1".into(), vec![], 0).await.unwrap();
+    let m = f
+        .store
+        .accept_message("m1".into(), "1".into(), vec![], 0)
+        .await
+        .unwrap();
     f.store.mark_handed("m1", m.send_seq).await.unwrap();
     assert!(f.store.send_queue(None, 10).unwrap().is_empty());
     assert_eq!(f.store.send_queue_len(), 0);
@@ -229,11 +291,22 @@ async fn handed_message_leaves_the_send_queue(f: Fixture) {
 }
 
 async fn each_status_is_recorded_once(f: Fixture) {
-    f.store.accept_message("m1".into(), "1".into(), vec![], 0).await.unwrap();
+    f.store
+        .accept_message("m1".into(), "1".into(), vec![], 0)
+        .await
+        .unwrap();
     assert!(f.store.record_status("m1", "sent", 5, None).await.unwrap());
     assert!(!f.store.record_status("m1", "sent", 6, None).await.unwrap());
     assert!(f.store.record_status("m1", "delivered", 7, None).await.unwrap());
-    let statuses: Vec<_> = f.store.message("m1").unwrap().unwrap().statuses.into_iter().map(|s| (s.status, s.at)).collect();
+    let statuses: Vec<_> = f
+        .store
+        .message("m1")
+        .unwrap()
+        .unwrap()
+        .statuses
+        .into_iter()
+        .map(|s| (s.status, s.at))
+        .collect();
     assert_eq!(statuses, vec![("sent".to_string(), 5), ("delivered".to_string(), 7)]);
 }
 
@@ -248,7 +321,13 @@ async fn deleted_messages_are_gone_from_store_and_queue(f: Fixture) {
     f.store.delete_messages(vec!["a".into()]).await.unwrap();
     assert!(f.store.message("a").unwrap().is_none());
     assert_eq!(f.store.message_count(), 1);
-    let ids: Vec<_> = f.store.send_queue(None, 10).unwrap().into_iter().map(|m| m.id).collect();
+    let ids: Vec<_> = f
+        .store
+        .send_queue(None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
     assert_eq!(ids, vec!["b"]);
 }
 
@@ -261,17 +340,43 @@ async fn message_ids_page_in_order(f: Fixture) {
 }
 
 async fn settings_are_written_together_and_removed_with_none(f: Fixture) {
-    f.store.put_settings(vec![("a".into(), Some(b"1".to_vec())), ("b".into(), Some(b"2".to_vec()))]).await.unwrap();
-    f.store.put_settings(vec![("a".into(), None), ("c".into(), Some(b"3".to_vec()))]).await.unwrap();
+    f.store
+        .put_settings(vec![
+            ("a".into(), Some(b"1".to_vec())),
+            ("b".into(), Some(b"2".to_vec())),
+        ])
+        .await
+        .unwrap();
+    f.store
+        .put_settings(vec![("a".into(), None), ("c".into(), Some(b"3".to_vec()))])
+        .await
+        .unwrap();
     assert_eq!(f.store.setting("a").unwrap(), None);
-    assert_eq!(f.store.settings().unwrap(), vec![("b".to_string(), b"2".to_vec()), ("c".to_string(), b"3".to_vec())]);
+    assert_eq!(
+        f.store.settings().unwrap(),
+        vec![("b".to_string(), b"2".to_vec()), ("c".to_string(), b"3".to_vec())]
+    );
 }
 
 async fn user_round_trips_and_deleting_revokes_their_tokens_only(f: Fixture) {
     f.store.put_user(user("alice", Role::Admin)).await.unwrap();
     f.store.put_user(user("bob", Role::User)).await.unwrap();
-    f.store.put_token(Token { hash: b"t-alice".to_vec(), user: "alice".into(), expires_at: 9 }).await.unwrap();
-    f.store.put_token(Token { hash: b"t-bob".to_vec(), user: "bob".into(), expires_at: 9 }).await.unwrap();
+    f.store
+        .put_token(Token {
+            hash: b"t-alice".to_vec(),
+            user: "alice".into(),
+            expires_at: 9,
+        })
+        .await
+        .unwrap();
+    f.store
+        .put_token(Token {
+            hash: b"t-bob".to_vec(),
+            user: "bob".into(),
+            expires_at: 9,
+        })
+        .await
+        .unwrap();
     assert_eq!(f.store.user("bob").unwrap(), Some(user("bob", Role::User)));
     f.store.delete_user("bob").await.unwrap();
     assert_eq!(f.store.user("bob").unwrap(), None);
@@ -282,7 +387,14 @@ async fn user_round_trips_and_deleting_revokes_their_tokens_only(f: Fixture) {
 
 async fn token_revocation_removes_only_that_token(f: Fixture) {
     for t in [b"one".to_vec(), b"two".to_vec()] {
-        f.store.put_token(Token { hash: t, user: "alice".into(), expires_at: 9 }).await.unwrap();
+        f.store
+            .put_token(Token {
+                hash: t,
+                user: "alice".into(),
+                expires_at: 9,
+            })
+            .await
+            .unwrap();
     }
     f.store.revoke_token(b"one".to_vec()).await.unwrap();
     assert!(f.store.token(b"one").unwrap().is_none());
@@ -308,7 +420,10 @@ async fn state_is_rebuilt_from_the_wal_alone_when_sled_is_lost_before_a_checkpoi
     {
         let (store, _) = reopen(dir.path());
         store.enqueue_callbacks(bodies(3), 1).await.unwrap();
-        store.put_settings(vec![("k".into(), Some(b"v".to_vec()))]).await.unwrap();
+        store
+            .put_settings(vec![("k".into(), Some(b"v".to_vec()))])
+            .await
+            .unwrap();
         store.accept_message("m".into(), "1".into(), vec![], 0).await.unwrap();
         store.mark_delivered_lazy(2).unwrap();
     }
@@ -317,7 +432,12 @@ async fn state_is_rebuilt_from_the_wal_alone_when_sled_is_lost_before_a_checkpoi
     let (store, report) = reopen(dir.path());
     assert_eq!(report.checkpoint_lsn, 0);
     assert_eq!(report.replayed, 4);
-    let seqs: Vec<_> = store.pending_callbacks(None, 10).unwrap().into_iter().map(|c| c.seq).collect();
+    let seqs: Vec<_> = store
+        .pending_callbacks(None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.seq)
+        .collect();
     assert_eq!(seqs, vec![1, 3]);
     assert_eq!(store.setting("k").unwrap(), Some(b"v".to_vec()));
     assert_eq!(store.send_queue_len(), 1);
@@ -384,8 +504,15 @@ async fn a_retaining_cursor_holds_the_wal_back() {
         store.enqueue_callbacks(bodies(10), 0).await.unwrap();
     }
     store.checkpoint().unwrap();
-    assert_eq!(store.wal_stats().unwrap().first_lsn, 1, "records after the mirror's lsn are kept");
-    store.set_cursor("mirror", store.wal_stats().unwrap().durable_lsn).await.unwrap();
+    assert_eq!(
+        store.wal_stats().unwrap().first_lsn,
+        1,
+        "records after the mirror's lsn are kept"
+    );
+    store
+        .set_cursor("mirror", store.wal_stats().unwrap().durable_lsn)
+        .await
+        .unwrap();
     store.checkpoint().unwrap();
     assert!(store.wal_stats().unwrap().first_lsn > 1);
 }

@@ -12,11 +12,17 @@ pub struct Reply {
 pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Reply> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut raw = String::new();
     stream.read_to_string(&mut raw)?;
     let status = raw.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok(Reply { status, body })
 }
 
@@ -29,7 +35,10 @@ pub fn wait_for(addr: SocketAddr, path: &str, status: u16, limit: Duration) -> R
         {
             return reply;
         }
-        assert!(start.elapsed() < limit, "{path} did not answer {status} within {limit:?}");
+        assert!(
+            start.elapsed() < limit,
+            "{path} did not answer {status} within {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -44,7 +53,10 @@ pub fn free_addr() -> SocketAddr {
 pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -57,7 +69,10 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &st
     let mut raw = String::new();
     stream.read_to_string(&mut raw).expect("read");
     let status = raw.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Reply { status, body }
 }
 
@@ -68,6 +83,8 @@ impl Reply {
 
     /// The On-Premises error code of an error reply.
     pub fn code(&self) -> i64 {
-        self.json()["errors"][0]["code"].as_i64().unwrap_or_else(|| panic!("no error code in {}", self.body))
+        self.json()["errors"][0]["code"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no error code in {}", self.body))
     }
 }

@@ -16,7 +16,9 @@ pub struct TestServer {
 
 pub fn config(dir: &Path, env: EnvSecrets) -> Config {
     let cli = <Cli as clap::Parser>::try_parse_from(["coreq", "serve", "--data-dir", dir.to_str().unwrap()]).unwrap();
-    let Command::Serve(args) = cli.command else { unreachable!() };
+    let Command::Serve(args) = cli.command else {
+        unreachable!()
+    };
     Config::from_args(args, env).unwrap()
 }
 
@@ -29,7 +31,11 @@ impl TestServer {
         let addr = std_listener.local_addr().unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let handle = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
                 coreq::run(config, listener, async move {
@@ -40,7 +46,11 @@ impl TestServer {
         });
         // Ready once a route behind the readiness gate answers something other than 503.
         http::wait_for(addr, "/v1/ready-probe", 404, Duration::from_secs(20));
-        TestServer { addr, stop: Some(stop_tx), handle: Some(handle) }
+        TestServer {
+            addr,
+            stop: Some(stop_tx),
+            handle: Some(handle),
+        }
     }
 
     /// Stops gracefully and returns what `run` returned.

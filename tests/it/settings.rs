@@ -14,11 +14,23 @@ use crate::server::TestServer;
 const PASSWORD: &str = "Adm1n-Passw0rd!";
 
 fn admin(addr: std::net::SocketAddr) -> String {
-    let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("admin:{PASSWORD}")));
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("admin:{PASSWORD}"))
+    );
     let mut reply = request(addr, "POST", "/v1/users/login", &[("Authorization", &basic)], "");
     if reply.status != 200 {
-        let first = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("admin:secret"));
-        reply = request(addr, "POST", "/v1/users/login", &[("Authorization", &first)], &format!(r#"{{"new_password":"{PASSWORD}"}}"#));
+        let first = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("admin:secret")
+        );
+        reply = request(
+            addr,
+            "POST",
+            "/v1/users/login",
+            &[("Authorization", &first)],
+            &format!(r#"{{"new_password":"{PASSWORD}"}}"#),
+        );
     }
     assert_eq!(reply.status, 200, "{}", reply.body);
     format!("Bearer {}", reply.json()["users"][0]["token"].as_str().unwrap())
@@ -31,7 +43,13 @@ fn get(addr: std::net::SocketAddr, auth: &str) -> Value {
 }
 
 fn patch(addr: std::net::SocketAddr, auth: &str, body: &Value) -> Reply {
-    request(addr, "PATCH", "/v1/settings/application", &[("Authorization", auth)], &body.to_string())
+    request(
+        addr,
+        "PATCH",
+        "/v1/settings/application",
+        &[("Authorization", auth)],
+        &body.to_string(),
+    )
 }
 
 /// Asserts that `body` is refused with `code`, naming `field`, and that nothing changed.
@@ -109,9 +127,15 @@ fn patch_applies_every_given_field_and_keeps_the_others() {
     assert_eq!(reply.json()["meta"]["api_status"], "stable");
     let s = get(server.addr, &auth);
     assert_eq!(s["callback_backoff_delay_ms"], 2500);
-    assert_eq!(s["webhooks"]["url"], "https://hooks.example.test/in?secret=a%20b&x=1", "query string kept verbatim");
+    assert_eq!(
+        s["webhooks"]["url"], "https://hooks.example.test/in?secret=a%20b&x=1",
+        "query string kept verbatim"
+    );
     assert_eq!(s["webhooks"]["max_concurrent_requests"], 24);
-    assert_eq!(s["webhooks"]["message"], json!({"sent": true, "delivered": true, "read": false}));
+    assert_eq!(
+        s["webhooks"]["message"],
+        json!({"sent": true, "delivered": true, "read": false})
+    );
     assert_eq!(s["media"]["auto_download"], json!(["image", "voice"]));
     assert_eq!(s["db_garbagecollector_enable"], true);
     assert_eq!(s["heartbeat_interval"], 5, "absent fields unchanged");
@@ -124,7 +148,10 @@ fn sent_status_is_an_alias_of_the_sent_filter() {
     let auth = admin(server.addr);
     assert_eq!(patch(server.addr, &auth, &json!({"sent_status": false})).status, 200);
     let s = get(server.addr, &auth);
-    assert_eq!((s["sent_status"].clone(), s["webhooks"]["message"]["sent"].clone()), (json!(false), json!(false)));
+    assert_eq!(
+        (s["sent_status"].clone(), s["webhooks"]["message"]["sent"].clone()),
+        (json!(false), json!(false))
+    );
 }
 
 #[test]
@@ -132,10 +159,27 @@ fn signing_secret_is_write_only() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), EnvSecrets::default());
     let auth = admin(server.addr);
-    assert_eq!(patch(server.addr, &auth, &json!({"webhooks": {"signing_secret": "s3cr3t-value"}})).status, 200);
-    let reply = request(server.addr, "GET", "/v1/settings/application", &[("Authorization", &auth)], "");
+    assert_eq!(
+        patch(
+            server.addr,
+            &auth,
+            &json!({"webhooks": {"signing_secret": "s3cr3t-value"}})
+        )
+        .status,
+        200
+    );
+    let reply = request(
+        server.addr,
+        "GET",
+        "/v1/settings/application",
+        &[("Authorization", &auth)],
+        "",
+    );
     assert!(!reply.body.contains("s3cr3t-value"));
-    assert_eq!(reply.json()["settings"]["application"]["webhooks"]["signing_secret"], "****");
+    assert_eq!(
+        reply.json()["settings"]["application"]["webhooks"]["signing_secret"],
+        "****"
+    );
 }
 
 #[test]
@@ -144,8 +188,22 @@ fn delete_restores_every_default() {
     let server = TestServer::start(dir.path(), EnvSecrets::default());
     let auth = admin(server.addr);
     let defaults = get(server.addr, &auth);
-    assert_eq!(patch(server.addr, &auth, &json!({"verbose_logging": true, "webhooks": {"url": "https://h.test/"}})).status, 200);
-    let reply = request(server.addr, "DELETE", "/v1/settings/application", &[("Authorization", &auth)], "");
+    assert_eq!(
+        patch(
+            server.addr,
+            &auth,
+            &json!({"verbose_logging": true, "webhooks": {"url": "https://h.test/"}})
+        )
+        .status,
+        200
+    );
+    let reply = request(
+        server.addr,
+        "DELETE",
+        "/v1/settings/application",
+        &[("Authorization", &auth)],
+        "",
+    );
     assert_eq!(reply.status, 200);
     assert_eq!(get(server.addr, &auth), defaults);
 }
@@ -155,13 +213,28 @@ fn role_user_cannot_read_or_change_settings() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), EnvSecrets::default());
     let auth = admin(server.addr);
-    let created = request(server.addr, "POST", "/v1/users", &[("Authorization", &auth)], r#"{"username":"carol","password":"Us3r-Passw0rd!"}"#);
+    let created = request(
+        server.addr,
+        "POST",
+        "/v1/users",
+        &[("Authorization", &auth)],
+        r#"{"username":"carol","password":"Us3r-Passw0rd!"}"#,
+    );
     assert_eq!(created.status, 201);
-    let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("carol:Us3r-Passw0rd!"));
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("carol:Us3r-Passw0rd!")
+    );
     let login = request(server.addr, "POST", "/v1/users/login", &[("Authorization", &basic)], "");
     let user = format!("Bearer {}", login.json()["users"][0]["token"].as_str().unwrap());
     for method in ["GET", "PATCH", "DELETE"] {
-        let reply = request(server.addr, method, "/v1/settings/application", &[("Authorization", &user)], if method == "PATCH" { "{}" } else { "" });
+        let reply = request(
+            server.addr,
+            method,
+            "/v1/settings/application",
+            &[("Authorization", &user)],
+            if method == "PATCH" { "{}" } else { "" },
+        );
         assert_eq!((reply.status, reply.code()), (403, 1005), "{method}");
     }
     let unauthenticated = request(server.addr, "GET", "/v1/settings/application", &[], "");
@@ -174,7 +247,13 @@ fn malformed_patch_body_is_1025_and_changes_nothing() {
     let server = TestServer::start(dir.path(), EnvSecrets::default());
     let auth = admin(server.addr);
     let before = get(server.addr, &auth);
-    let reply = request(server.addr, "PATCH", "/v1/settings/application", &[("Authorization", &auth)], "{\"verbose_logging\": tru");
+    let reply = request(
+        server.addr,
+        "PATCH",
+        "/v1/settings/application",
+        &[("Authorization", &auth)],
+        "{\"verbose_logging\": tru",
+    );
     assert_eq!((reply.status, reply.code()), (400, 1025));
     assert_eq!(get(server.addr, &auth), before);
 }
@@ -194,7 +273,11 @@ fn settings_survive_a_sigkill_right_after_the_200() {
     let mut child = spawn();
     http::wait_for(addr, "/v1/ready-probe", 404, Duration::from_secs(20));
     let auth = admin(addr);
-    let reply = patch(addr, &auth, &json!({"webhooks": {"url": "https://after.kill.test/hook"}, "heartbeat_interval": 7}));
+    let reply = patch(
+        addr,
+        &auth,
+        &json!({"webhooks": {"url": "https://after.kill.test/hook"}, "heartbeat_interval": 7}),
+    );
     assert_eq!(reply.status, 200);
     child.kill().unwrap(); // SIGKILL, at once
     child.wait().unwrap();

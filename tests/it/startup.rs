@@ -10,12 +10,20 @@ const BIN: &str = env!("CARGO_BIN_EXE_coreq");
 /// Runs `coreq serve` with `args` and `env` expecting a refusal; returns (code, stderr).
 fn refused(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let mut cmd = Command::new(BIN);
-    cmd.arg("serve").arg("--data-dir").arg(dir).args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
     for (k, v) in env {
         cmd.env(k, v);
     }
     let out = cmd.stdout(Stdio::null()).output().expect("run coreq");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn assert_one_line_naming(stderr: &str, setting: &str) {
@@ -74,16 +82,25 @@ fn sigterm_stops_the_server_gracefully_with_exit_zero() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
-    assert!(dir.path().join("logs/coreq.log").exists(), "logs go to <data-dir>/logs by default");
+    assert!(
+        dir.path().join("logs/coreq.log").exists(),
+        "logs go to <data-dir>/logs by default"
+    );
 }
 
 #[test]
 fn a_killed_server_recovers_its_state_at_the_next_start() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let (store, _) = coreq_storage::Store::open(coreq_storage::StoreConfig::new(dir.path())).unwrap();
-        store.enqueue_callbacks(vec![b"{\"a\":1}".to_vec(); 5], 0).await.unwrap();
+        store
+            .enqueue_callbacks(vec![b"{\"a\":1}".to_vec(); 5], 0)
+            .await
+            .unwrap();
     });
     let addr = http::free_addr();
     let mut child = Command::new(BIN)

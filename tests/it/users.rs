@@ -11,26 +11,49 @@ const NEW_ADMIN_PASSWORD: &str = "Adm1n-Passw0rd!";
 const API_KEY: &str = "monitoring-key-0123456789";
 
 fn env() -> EnvSecrets {
-    EnvSecrets { api_key: Some(API_KEY.into()), ..Default::default() }
+    EnvSecrets {
+        api_key: Some(API_KEY.into()),
+        ..Default::default()
+    }
 }
 
 fn basic(user: &str, password: &str) -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
 }
 
 fn login(server: &TestServer, user: &str, password: &str, body: &str) -> Reply {
-    request(server.addr, "POST", "/v1/users/login", &[("Authorization", &basic(user, password))], body)
+    request(
+        server.addr,
+        "POST",
+        "/v1/users/login",
+        &[("Authorization", &basic(user, password))],
+        body,
+    )
 }
 
 /// Logs in as admin, changing the default password; returns the Bearer header value.
 fn admin_bearer(server: &TestServer) -> String {
-    let reply = login(server, "admin", "secret", &format!(r#"{{"new_password":"{NEW_ADMIN_PASSWORD}"}}"#));
+    let reply = login(
+        server,
+        "admin",
+        "secret",
+        &format!(r#"{{"new_password":"{NEW_ADMIN_PASSWORD}"}}"#),
+    );
     assert_eq!(reply.status, 200, "{}", reply.body);
     format!("Bearer {}", reply.json()["users"][0]["token"].as_str().unwrap())
 }
 
 fn create_user(server: &TestServer, admin: &str, name: &str, password: &str) -> Reply {
-    request(server.addr, "POST", "/v1/users", &[("Authorization", admin)], &format!(r#"{{"username":"{name}","password":"{password}"}}"#))
+    request(
+        server.addr,
+        "POST",
+        "/v1/users",
+        &[("Authorization", admin)],
+        &format!(r#"{{"username":"{name}","password":"{password}"}}"#),
+    )
 }
 
 fn user_bearer(server: &TestServer, admin: &str) -> String {
@@ -51,7 +74,12 @@ fn default_password_login_without_new_password_is_refused_with_1024() {
 fn login_with_new_password_issues_a_token_expiring_in_seven_days() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), env());
-    let reply = login(&server, "admin", "secret", &format!(r#"{{"new_password":"{NEW_ADMIN_PASSWORD}"}}"#));
+    let reply = login(
+        &server,
+        "admin",
+        "secret",
+        &format!(r#"{{"new_password":"{NEW_ADMIN_PASSWORD}"}}"#),
+    );
     assert_eq!(reply.status, 200);
     let user = &reply.json()["users"][0];
     assert!(user["token"].as_str().unwrap().len() >= 40);
@@ -69,8 +97,17 @@ fn weak_new_password_is_refused_naming_it_and_the_default_stays() {
     let server = TestServer::start(dir.path(), env());
     let reply = login(&server, "admin", "secret", r#"{"new_password":"weak"}"#);
     assert_eq!((reply.status, reply.code()), (400, 1009));
-    assert!(reply.json()["errors"][0]["details"].as_str().unwrap().starts_with("new_password"));
-    assert_eq!(login(&server, "admin", "secret", "").code(), 1024, "the default password still applies");
+    assert!(
+        reply.json()["errors"][0]["details"]
+            .as_str()
+            .unwrap()
+            .starts_with("new_password")
+    );
+    assert_eq!(
+        login(&server, "admin", "secret", "").code(),
+        1024,
+        "the default password still applies"
+    );
 }
 
 #[test]
@@ -89,7 +126,11 @@ fn repeated_failed_logins_are_throttled_with_429_1015() {
         assert_eq!(login(&server, "admin", "wrong", "").status, 401);
     }
     let reply = login(&server, "admin", "secret", "");
-    assert_eq!((reply.status, reply.code()), (429, 1015), "even the right password waits out the window");
+    assert_eq!(
+        (reply.status, reply.code()),
+        (429, 1015),
+        "even the right password waits out the window"
+    );
 }
 
 #[test]
@@ -127,10 +168,23 @@ fn logout_revokes_that_token_only() {
     let first = admin_bearer(&server);
     let second = login(&server, "admin", NEW_ADMIN_PASSWORD, "");
     let second = format!("Bearer {}", second.json()["users"][0]["token"].as_str().unwrap());
-    assert_eq!(request(server.addr, "POST", "/v1/users/logout", &[("Authorization", &first)], "").status, 200);
+    assert_eq!(
+        request(
+            server.addr,
+            "POST",
+            "/v1/users/logout",
+            &[("Authorization", &first)],
+            ""
+        )
+        .status,
+        200
+    );
     let revoked = request(server.addr, "GET", "/v1/users/admin", &[("Authorization", &first)], "");
     assert_eq!((revoked.status, revoked.code()), (401, 1005));
-    assert_eq!(request(server.addr, "GET", "/v1/users/admin", &[("Authorization", &second)], "").status, 200);
+    assert_eq!(
+        request(server.addr, "GET", "/v1/users/admin", &[("Authorization", &second)], "").status,
+        200
+    );
 }
 
 #[test]
@@ -156,12 +210,23 @@ fn creating_a_user_validates_each_field_and_changes_nothing() {
         (r#"{"username":"abc","password":"Us3r-Passw0rd!"}"#, 1009, "username"),
         (r#"{"username":"erin","password":"weakweak"}"#, 1009, "password"),
         (r#"{"username":7,"password":"Us3r-Passw0rd!"}"#, 1009, "username"),
-        (r#"{"username":"erin","password":"Us3r-Passw0rd!","role":"admin"}"#, 1010, "role"),
+        (
+            r#"{"username":"erin","password":"Us3r-Passw0rd!","role":"admin"}"#,
+            1010,
+            "role",
+        ),
     ];
     for (body, code, field) in cases {
         let reply = request(server.addr, "POST", "/v1/users", &[("Authorization", &admin)], body);
         assert_eq!((reply.status, reply.code()), (400, code), "{body}");
-        assert!(reply.json()["errors"][0]["details"].as_str().unwrap().starts_with(field), "{}", reply.body);
+        assert!(
+            reply.json()["errors"][0]["details"]
+                .as_str()
+                .unwrap()
+                .starts_with(field),
+            "{}",
+            reply.body
+        );
     }
     let erin = request(server.addr, "GET", "/v1/users/erin", &[("Authorization", &admin)], "");
     assert_eq!(erin.status, 404, "nothing was created");
@@ -183,7 +248,17 @@ fn deleting_a_user_revokes_their_tokens() {
     let server = TestServer::start(dir.path(), env());
     let admin = admin_bearer(&server);
     let user = user_bearer(&server, &admin);
-    assert_eq!(request(server.addr, "DELETE", "/v1/users/carol", &[("Authorization", &admin)], "").status, 200);
+    assert_eq!(
+        request(
+            server.addr,
+            "DELETE",
+            "/v1/users/carol",
+            &[("Authorization", &admin)],
+            ""
+        )
+        .status,
+        200
+    );
     let reply = request(server.addr, "GET", "/v1/users/carol", &[("Authorization", &user)], "");
     assert_eq!((reply.status, reply.code()), (401, 1005));
 }
@@ -193,7 +268,13 @@ fn the_admin_account_cannot_be_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), env());
     let admin = admin_bearer(&server);
-    let reply = request(server.addr, "DELETE", "/v1/users/admin", &[("Authorization", &admin)], "");
+    let reply = request(
+        server.addr,
+        "DELETE",
+        "/v1/users/admin",
+        &[("Authorization", &admin)],
+        "",
+    );
     assert_eq!((reply.status, reply.code()), (400, 1009));
 }
 
@@ -205,11 +286,21 @@ fn role_user_on_user_management_is_403() {
     let user = user_bearer(&server, &admin);
     let create = create_user(&server, &user, "gina", "Us3r-Passw0rd!");
     assert_eq!((create.status, create.code()), (403, 1005));
-    let delete = request(server.addr, "DELETE", "/v1/users/admin", &[("Authorization", &user)], "");
+    let delete = request(
+        server.addr,
+        "DELETE",
+        "/v1/users/admin",
+        &[("Authorization", &user)],
+        "",
+    );
     assert_eq!((delete.status, delete.code()), (403, 1005));
     let other = request(server.addr, "GET", "/v1/users/admin", &[("Authorization", &user)], "");
     assert_eq!((other.status, other.code()), (403, 1005));
-    assert_eq!(request(server.addr, "GET", "/v1/users/carol", &[("Authorization", &user)], "").status, 200, "a user reads themself");
+    assert_eq!(
+        request(server.addr, "GET", "/v1/users/carol", &[("Authorization", &user)], "").status,
+        200,
+        "a user reads themself"
+    );
 }
 
 #[test]
@@ -217,7 +308,12 @@ fn missing_bad_and_apikey_credentials_are_401_on_user_management() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), env());
     let apikey = format!("Apikey {API_KEY}");
-    for auth in [None, Some("Bearer not-a-token"), Some(apikey.as_str()), Some("Basic Zm9vOmJhcg==")] {
+    for auth in [
+        None,
+        Some("Bearer not-a-token"),
+        Some(apikey.as_str()),
+        Some("Basic Zm9vOmJhcg=="),
+    ] {
         let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
         let reply = request(server.addr, "GET", "/v1/users/admin", &headers, "");
         assert_eq!((reply.status, reply.code()), (401, 1005), "{auth:?}");
@@ -227,7 +323,10 @@ fn missing_bad_and_apikey_credentials_are_401_on_user_management() {
 #[test]
 fn initial_admin_password_from_the_environment_needs_no_change() {
     let dir = tempfile::tempdir().unwrap();
-    let env = EnvSecrets { admin_password: Some("Init-Passw0rd!".into()), ..Default::default() };
+    let env = EnvSecrets {
+        admin_password: Some("Init-Passw0rd!".into()),
+        ..Default::default()
+    };
     let server = TestServer::start(dir.path(), env);
     assert_eq!(login(&server, "admin", "Init-Passw0rd!", "").status, 200);
     assert_eq!(login(&server, "admin", "secret", "").status, 401);

@@ -21,7 +21,10 @@ pub(crate) struct SegmentWriter {
 
 impl SegmentWriter {
     pub(crate) fn open_existing(path: PathBuf, len: u64) -> Result<SegmentWriter> {
-        let file = OpenOptions::new().append(true).open(&path).map_err(WalError::io(&path))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(WalError::io(&path))?;
         Ok(SegmentWriter { file, path, len })
     }
 }
@@ -29,9 +32,21 @@ impl SegmentWriter {
 /// Creates the segment whose first record is `first_lsn` and makes its name durable.
 pub(crate) fn create_segment(inner: &Inner, first_lsn: Lsn) -> Result<SegmentWriter> {
     let path = inner.config.dir.join(segments::file_name(first_lsn));
-    let file = OpenOptions::new().create(true).append(true).open(&path).map_err(WalError::io(&path))?;
-    inner.config.fs.sync_dir(&inner.config.dir).map_err(WalError::io(&inner.config.dir))?;
-    inner.segments.lock().expect("segments lock").insert(first_lsn, path.clone());
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(WalError::io(&path))?;
+    inner
+        .config
+        .fs
+        .sync_dir(&inner.config.dir)
+        .map_err(WalError::io(&inner.config.dir))?;
+    inner
+        .segments
+        .lock()
+        .expect("segments lock")
+        .insert(first_lsn, path.clone());
     Ok(SegmentWriter { file, path, len: 0 })
 }
 
@@ -61,7 +76,11 @@ fn write_batch(inner: &Inner, writer: &mut SegmentWriter, bytes: &[u8], first_ls
         *writer = create_segment(inner, first_lsn)?;
     }
     writer.file.write_all(bytes).map_err(WalError::io(&writer.path))?;
-    inner.config.fs.sync_data(&writer.file).map_err(WalError::io(&writer.path))?;
+    inner
+        .config
+        .fs
+        .sync_data(&writer.file)
+        .map_err(WalError::io(&writer.path))?;
     writer.len += bytes.len() as u64;
     inner.stats.record_sync(bytes.len() as u64);
     Ok(())

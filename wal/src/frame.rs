@@ -76,10 +76,14 @@ pub fn decode(buf: &[u8], max_body: usize) -> Decoded<'_> {
     let len_bytes: [u8; 4] = buf[0..4].try_into().expect("slice of 4");
     let len = u32::from_le_bytes(len_bytes) as usize;
     if len < HEADER_LEN - 8 {
-        return Decoded::Corrupt { reason: "length below the header size" };
+        return Decoded::Corrupt {
+            reason: "length below the header size",
+        };
     }
     if len > max_body + HEADER_LEN - 8 {
-        return Decoded::Corrupt { reason: "length over the record limit" };
+        return Decoded::Corrupt {
+            reason: "length over the record limit",
+        };
     }
     let frame_len = 8 + len;
     if buf.len() < frame_len {
@@ -154,7 +158,12 @@ mod tests {
     fn oversized_length_is_corrupt_not_a_huge_allocation() {
         let mut buf = framed(7, b"abc");
         buf[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(decode(&buf, MAX), Decoded::Corrupt { reason: "length over the record limit" });
+        assert_eq!(
+            decode(&buf, MAX),
+            Decoded::Corrupt {
+                reason: "length over the record limit"
+            }
+        );
     }
 
     #[test]

@@ -95,7 +95,11 @@ impl Inner {
             }
             if !q.buf.is_empty() {
                 let bytes = std::mem::replace(&mut q.buf, spare);
-                let batch = Batch { bytes, first_lsn: q.buf_first, last_lsn: q.next_lsn - 1 };
+                let batch = Batch {
+                    bytes,
+                    first_lsn: q.buf_first,
+                    last_lsn: q.next_lsn - 1,
+                };
                 q.buf_first = q.next_lsn;
                 self.space.notify_all();
                 return Some(batch);
@@ -153,7 +157,10 @@ pub struct Wal<R> {
 
 impl<R> Clone for Wal<R> {
     fn clone(&self) -> Self {
-        Wal { owner: self.owner.clone(), _record: PhantomData }
+        Wal {
+            owner: self.owner.clone(),
+            _record: PhantomData,
+        }
     }
 }
 
@@ -258,16 +265,32 @@ impl<R: Serialize + DeserializeOwned> Wal<R> {
     /// quarantined and reported. Older segments are checked by [`Wal::verify`] and on read.
     pub fn open(config: WalConfig) -> Result<(Wal<R>, OpenReport)> {
         if config.segment_bytes == 0 || config.max_record_bytes == 0 || config.max_pending_bytes == 0 {
-            return Err(WalError::Config("segment_bytes, max_record_bytes and max_pending_bytes must be positive".into()));
+            return Err(WalError::Config(
+                "segment_bytes, max_record_bytes and max_pending_bytes must be positive".into(),
+            ));
         }
         fs::create_dir_all(&config.dir).map_err(WalError::io(&config.dir))?;
         let segments = segments::list(&config.dir)?;
         let quarantine = Quarantine::new(config.quarantine_dir.clone());
-        let existing_bytes: u64 = segments.values().filter_map(|p| fs::metadata(p).ok()).map(|m| m.len()).sum();
-        let (progress, _) = watch::channel(Progress { durable: 0, failure: None });
+        let existing_bytes: u64 = segments
+            .values()
+            .filter_map(|p| fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        let (progress, _) = watch::channel(Progress {
+            durable: 0,
+            failure: None,
+        });
         let inner = Arc::new(Inner {
             config,
-            queue: Mutex::new(Queue { buf: Vec::new(), buf_first: 1, next_lsn: 1, durable: 0, poisoned: None, closed: false }),
+            queue: Mutex::new(Queue {
+                buf: Vec::new(),
+                buf_first: 1,
+                next_lsn: 1,
+                durable: 0,
+                poisoned: None,
+                closed: false,
+            }),
             work: Condvar::new(),
             space: Condvar::new(),
             durable_cv: Condvar::new(),
@@ -289,7 +312,13 @@ impl<R: Serialize + DeserializeOwned> Wal<R> {
             q.durable = next_lsn - 1;
         }
         inner.progress.send_modify(|p| p.durable = next_lsn - 1);
-        let first_lsn = *inner.segments.lock().expect("segments lock").keys().next().unwrap_or(&next_lsn);
+        let first_lsn = *inner
+            .segments
+            .lock()
+            .expect("segments lock")
+            .keys()
+            .next()
+            .unwrap_or(&next_lsn);
         let report = OpenReport {
             first_lsn,
             next_lsn,
@@ -303,20 +332,33 @@ impl<R: Serialize + DeserializeOwned> Wal<R> {
             .name("wal-committer".into())
             .spawn(move || committer::run(thread_inner, writer))
             .map_err(WalError::io(&inner.config.dir))?;
-        let owner = Arc::new(Owner { inner, committer: Mutex::new(Some(handle)) });
-        Ok((Wal { owner, _record: PhantomData }, report))
+        let owner = Arc::new(Owner {
+            inner,
+            committer: Mutex::new(Some(handle)),
+        });
+        Ok((
+            Wal {
+                owner,
+                _record: PhantomData,
+            },
+            report,
+        ))
     }
 
     /// Scans the newest segment, quarantines damage, cuts a torn tail and returns the writer
     /// positioned at its end with the next LSN.
     fn recover_newest(inner: &Inner, first: Lsn, path: PathBuf) -> Result<(SegmentWriter, Lsn, u64, Vec<Damage>)> {
         let bytes = fs::read(&path).map_err(WalError::io(&path))?;
-        let scan = segments::scan(&bytes, inner.config.max_record_bytes, first, &|b| postcard::from_bytes::<R>(b).is_ok());
+        let scan = segments::scan(&bytes, inner.config.max_record_bytes, first, &|b| {
+            postcard::from_bytes::<R>(b).is_ok()
+        });
         let mut torn_tail_bytes = 0;
         let mut damage = Vec::new();
         for d in scan.damage {
             let end = (d.offset + d.len) as usize;
-            inner.quarantine.keep(&path, d.offset, &bytes[d.offset as usize..end], &d.reason)?;
+            inner
+                .quarantine
+                .keep(&path, d.offset, &bytes[d.offset as usize..end], &d.reason)?;
             if d.torn_tail {
                 torn_tail_bytes = d.len;
             } else {
@@ -324,7 +366,10 @@ impl<R: Serialize + DeserializeOwned> Wal<R> {
             }
         }
         if torn_tail_bytes > 0 {
-            let file = OpenOptions::new().write(true).open(&path).map_err(WalError::io(&path))?;
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(WalError::io(&path))?;
             file.set_len(scan.valid_end as u64).map_err(WalError::io(&path))?;
             inner.config.fs.sync_data(&file).map_err(WalError::io(&path))?;
             inner.stats.bytes.fetch_sub(torn_tail_bytes, Ordering::Relaxed);
@@ -379,7 +424,10 @@ impl<R: Serialize + DeserializeOwned> Wal<R> {
         drop(q);
         inner.work.notify_one();
         // An empty submit gets an empty range ending at the last queued LSN: a barrier.
-        Ok(Ticket { lsns: first..=last, inner: inner.clone() })
+        Ok(Ticket {
+            lsns: first..=last,
+            inner: inner.clone(),
+        })
     }
 
     /// Appends `records` and blocks until they are durable.
@@ -428,7 +476,11 @@ impl<R: Serialize + DeserializeOwned> Wal<R> {
             inner.stats.bytes.fetch_sub(len, Ordering::Relaxed);
         }
         if !doomed.is_empty() {
-            inner.config.fs.sync_dir(&inner.config.dir).map_err(WalError::io(&inner.config.dir))?;
+            inner
+                .config
+                .fs
+                .sync_dir(&inner.config.dir)
+                .map_err(WalError::io(&inner.config.dir))?;
         }
         Ok(doomed.len())
     }
@@ -438,20 +490,33 @@ impl<R: Serialize + DeserializeOwned> Wal<R> {
     pub fn verify(&self) -> Result<VerifyReport> {
         let inner = self.inner();
         let durable = inner.durable();
-        let segs: Vec<(Lsn, PathBuf)> = inner.segments.lock().expect("segments lock").iter().map(|(k, v)| (*k, v.clone())).collect();
-        let mut report = VerifyReport { segments: segs.len(), ..VerifyReport::default() };
+        let segs: Vec<(Lsn, PathBuf)> = inner
+            .segments
+            .lock()
+            .expect("segments lock")
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        let mut report = VerifyReport {
+            segments: segs.len(),
+            ..VerifyReport::default()
+        };
         let mut expected: Option<Lsn> = None;
         for (i, (first, path)) in segs.iter().enumerate() {
             let newest = i + 1 == segs.len();
             let bytes = fs::read(path).map_err(WalError::io(path))?;
             report.bytes += bytes.len() as u64;
-            let scan = segments::scan(&bytes, inner.config.max_record_bytes, *first, &|b| postcard::from_bytes::<R>(b).is_ok());
+            let scan = segments::scan(&bytes, inner.config.max_record_bytes, *first, &|b| {
+                postcard::from_bytes::<R>(b).is_ok()
+            });
             for d in scan.damage {
                 if newest && d.torn_tail {
                     continue; // an append in progress
                 }
                 let end = (d.offset + d.len) as usize;
-                inner.quarantine.keep(path, d.offset, &bytes[d.offset as usize..end], &d.reason)?;
+                inner
+                    .quarantine
+                    .keep(path, d.offset, &bytes[d.offset as usize..end], &d.reason)?;
                 report.damage.push((path.clone(), d));
             }
             for &(lsn, _, _) in scan.frames.iter().filter(|f| f.0 <= durable) {

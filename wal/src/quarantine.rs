@@ -29,7 +29,11 @@ impl Quarantine {
         if !path.exists() {
             fs::write(&path, bytes).map_err(WalError::io(&path))?;
             let why = path.with_extension("why");
-            let text = format!("segment {}\noffset {offset}\nbytes {}\nreason {reason}\n", segment.display(), bytes.len());
+            let text = format!(
+                "segment {}\noffset {offset}\nbytes {}\nreason {reason}\n",
+                segment.display(),
+                bytes.len()
+            );
             fs::write(&why, text).map_err(WalError::io(&why))?;
             tracing::error!(segment = %segment.display(), offset, bytes = bytes.len(), reason, quarantined = %path.display(), "wal: damaged bytes quarantined");
         }

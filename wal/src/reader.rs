@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
+use crate::Lsn;
 use crate::error::{Result, WalError};
 use crate::frame::{self, Decoded};
 use crate::log::Inner;
-use crate::Lsn;
 
 struct OpenSegment {
     first: Lsn,
@@ -34,7 +34,13 @@ pub struct Reader<R> {
 
 impl<R: DeserializeOwned> Reader<R> {
     pub(crate) fn new(inner: Arc<Inner>, from: Lsn) -> Reader<R> {
-        Reader { inner, next: from.max(1), segment: None, buf: Vec::new(), _record: PhantomData }
+        Reader {
+            inner,
+            next: from.max(1),
+            segment: None,
+            buf: Vec::new(),
+            _record: PhantomData,
+        }
     }
 
     /// The LSN the next record yielded will have, at least.
@@ -56,7 +62,12 @@ impl<R: DeserializeOwned> Reader<R> {
             self.next = first;
         }
         let file = File::open(&path).map_err(WalError::io(&path))?;
-        self.segment = Some(OpenSegment { first, path, file: BufReader::with_capacity(256 << 10, file), offset: 0 });
+        self.segment = Some(OpenSegment {
+            first,
+            path,
+            file: BufReader::with_capacity(256 << 10, file),
+            offset: 0,
+        });
         Ok(true)
     }
 
@@ -71,14 +82,25 @@ impl<R: DeserializeOwned> Reader<R> {
     }
 
     fn has_segment_after(&self, lsn: Lsn) -> bool {
-        self.inner.segments.lock().expect("segments lock").range(lsn..).next().is_some()
+        self.inner
+            .segments
+            .lock()
+            .expect("segments lock")
+            .range(lsn..)
+            .next()
+            .is_some()
     }
 
     fn corruption(&self, seg: &OpenSegment, offset: u64, bytes: &[u8], reason: &str) -> WalError {
         if let Err(e) = self.inner.quarantine.keep(&seg.path, offset, bytes, reason) {
             return e;
         }
-        WalError::Corruption { segment: seg.path.clone(), offset, after: self.next.saturating_sub(1), reason: reason.into() }
+        WalError::Corruption {
+            segment: seg.path.clone(),
+            offset,
+            after: self.next.saturating_sub(1),
+            reason: reason.into(),
+        }
     }
 
     /// Reads the next frame of the open segment: `Ok(None)` at its end.
@@ -89,7 +111,12 @@ impl<R: DeserializeOwned> Reader<R> {
         match seg.file.read_exact(&mut self.buf[..8]) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(WalError::Io { path: seg.path.clone(), source: e }),
+            Err(e) => {
+                return Err(WalError::Io {
+                    path: seg.path.clone(),
+                    source: e,
+                });
+            }
         }
         let len = u32::from_le_bytes(self.buf[0..4].try_into().expect("slice of 4")) as usize;
         let offset = seg.offset;

@@ -24,7 +24,10 @@ pub(crate) fn list(dir: &Path) -> Result<BTreeMap<Lsn, PathBuf>> {
         if path.extension().is_none_or(|x| x != EXTENSION) {
             continue;
         }
-        let first = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<Lsn>().ok());
+        let first = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse::<Lsn>().ok());
         if let Some(first) = first {
             out.insert(first, path);
         }
@@ -61,7 +64,12 @@ pub(crate) fn scan(buf: &[u8], max_body: usize, first_lsn: Lsn, decodes: &dyn Fn
     let mut expected = first_lsn;
     while at < buf.len() {
         match frame::decode(&buf[at..], max_body) {
-            Decoded::Frame { lsn, body, frame_len, format } => {
+            Decoded::Frame {
+                lsn,
+                body,
+                frame_len,
+                format,
+            } => {
                 let problem = if format != frame::FORMAT_POSTCARD_V1 {
                     Some("unknown format byte")
                 } else if lsn < expected {
@@ -79,7 +87,12 @@ pub(crate) fn scan(buf: &[u8], max_body: usize, first_lsn: Lsn, decodes: &dyn Fn
                         scan.valid_end = at;
                     }
                     Some(reason) => {
-                        scan.damage.push(Damage { offset: at as u64, len: frame_len as u64, reason: reason.into(), torn_tail: false });
+                        scan.damage.push(Damage {
+                            offset: at as u64,
+                            len: frame_len as u64,
+                            reason: reason.into(),
+                            torn_tail: false,
+                        });
                         at += frame_len;
                     }
                 }
@@ -91,11 +104,21 @@ pub(crate) fn scan(buf: &[u8], max_body: usize, first_lsn: Lsn, decodes: &dyn Fn
                 };
                 match resync(buf, at + 1, max_body, expected) {
                     Some(next) => {
-                        scan.damage.push(Damage { offset: at as u64, len: (next - at) as u64, reason: reason.into(), torn_tail: false });
+                        scan.damage.push(Damage {
+                            offset: at as u64,
+                            len: (next - at) as u64,
+                            reason: reason.into(),
+                            torn_tail: false,
+                        });
                         at = next;
                     }
                     None => {
-                        scan.damage.push(Damage { offset: at as u64, len: (buf.len() - at) as u64, reason: reason.into(), torn_tail: true });
+                        scan.damage.push(Damage {
+                            offset: at as u64,
+                            len: (buf.len() - at) as u64,
+                            reason: reason.into(),
+                            torn_tail: true,
+                        });
                         break;
                     }
                 }
@@ -107,5 +130,6 @@ pub(crate) fn scan(buf: &[u8], max_body: usize, first_lsn: Lsn, decodes: &dyn Fn
 
 /// The first offset at or after `from` where a valid frame with LSN ≥ `expected` starts.
 fn resync(buf: &[u8], from: usize, max_body: usize, expected: Lsn) -> Option<usize> {
-    (from..buf.len()).find(|&at| matches!(frame::decode(&buf[at..], max_body), Decoded::Frame { lsn, .. } if lsn >= expected))
+    (from..buf.len())
+        .find(|&at| matches!(frame::decode(&buf[at..], max_body), Decoded::Frame { lsn, .. } if lsn >= expected))
 }

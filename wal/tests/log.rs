@@ -23,7 +23,10 @@ fn read_all(wal: &Wal<Rec>, from: Lsn) -> Vec<(Lsn, Rec)> {
 }
 
 fn segment_paths(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = fs::read_dir(dir.join("wal")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut v: Vec<_> = fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     v.sort();
     v
 }
@@ -34,7 +37,10 @@ fn first_append_gets_lsn_one_and_reads_back() {
     let wal = open(dir.path());
     let lsns = wal.append(&[(1, b"a".to_vec()), (2, b"b".to_vec())]).unwrap();
     assert_eq!(lsns, 1..=2);
-    assert_eq!(read_all(&wal, 1), vec![(1, (1, b"a".to_vec())), (2, (2, b"b".to_vec()))]);
+    assert_eq!(
+        read_all(&wal, 1),
+        vec![(1, (1, b"a".to_vec())), (2, (2, b"b".to_vec()))]
+    );
 }
 
 #[test]
@@ -179,7 +185,11 @@ fn reader_reports_damage_it_meets_instead_of_skipping_it() {
     bytes[20] ^= 1;
     fs::write(&first_seg, &bytes).unwrap();
     let results: Vec<_> = wal.read_from(1).collect();
-    assert!(matches!(results[0], Err(WalError::Corruption { .. })), "{:?}", results[0].as_ref().err());
+    assert!(
+        matches!(results[0], Err(WalError::Corruption { .. })),
+        "{:?}",
+        results[0].as_ref().err()
+    );
     assert!(results.iter().skip(1).all(|r| r.is_ok()));
     assert_eq!(wal.stats().quarantined, 1);
 }
@@ -227,7 +237,10 @@ impl FileSystem for FailingSync {
 fn failed_fsync_is_fatal_for_the_waiter_and_every_later_append() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
-    cfg.fs = Arc::new(FailingSync { calls: AtomicU32::new(0), fail_from: 2 });
+    cfg.fs = Arc::new(FailingSync {
+        calls: AtomicU32::new(0),
+        fail_from: 2,
+    });
     let (wal, _) = Wal::<Rec>::open(cfg).unwrap();
     wal.append(&[(1, vec![])]).expect("first sync succeeds");
     assert!(matches!(wal.append(&[(2, vec![])]), Err(WalError::Poisoned(_))));
@@ -239,9 +252,15 @@ fn failed_fsync_is_fatal_for_the_waiter_and_every_later_append() {
 fn failed_fsync_fails_async_waiters_too() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
-    cfg.fs = Arc::new(FailingSync { calls: AtomicU32::new(0), fail_from: 1 });
+    cfg.fs = Arc::new(FailingSync {
+        calls: AtomicU32::new(0),
+        fail_from: 1,
+    });
     let (wal, _) = Wal::<Rec>::open(cfg).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let got = rt.block_on(wal.append_async(&[(1, vec![])]));
     assert!(matches!(got, Err(WalError::Poisoned(_))));
 }
@@ -271,14 +290,22 @@ fn concurrent_appenders_get_unique_gap_free_lsns_all_readable() {
     assert_eq!(lsns, (1..=(threads * per_thread)).collect::<Vec<_>>());
     let read: Vec<(Lsn, u64)> = read_all(&wal, 1).into_iter().map(|(l, (id, _))| (l, id)).collect();
     assert_eq!(read, acked);
-    assert!(wal.stats().fsyncs < threads * per_thread, "group commit shared syncs: {:?}", wal.stats());
+    assert!(
+        wal.stats().fsyncs < threads * per_thread,
+        "group commit shared syncs: {:?}",
+        wal.stats()
+    );
 }
 
 #[test]
 fn concurrent_async_appenders_get_unique_gap_free_lsns() {
     let dir = tempfile::tempdir().unwrap();
     let wal = open(dir.path());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let mut lsns: Vec<Lsn> = rt.block_on(async {
         let tasks: Vec<_> = (0..256u64)
             .map(|i| {
