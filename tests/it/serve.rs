@@ -5,60 +5,26 @@ use std::time::Duration;
 use coreq::config::EnvSecrets;
 
 use crate::http;
-
-/// Starts `run` on its own runtime thread; returns the address and a stop handle.
-#[allow(clippy::type_complexity)]
-fn start(
-    dir: &std::path::Path,
-) -> (
-    std::net::SocketAddr,
-    tokio::sync::oneshot::Sender<()>,
-    std::thread::JoinHandle<Result<(), coreq::error::ServeError>>,
-) {
-    let config = crate::server::config(dir, EnvSecrets::default());
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    std_listener.set_nonblocking(true).unwrap();
-    let addr = std_listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
-            coreq::run(config, listener, async move {
-                let _ = stop_rx.await;
-            })
-            .await
-        })
-    });
-    (addr, stop_tx, handle)
-}
+use crate::server::{TestServer, seed_callbacks};
 
 #[test]
 fn livez_answers_ok_without_credentials() {
     let dir = tempfile::tempdir().unwrap();
-    let (addr, stop, handle) = start(dir.path());
-    let reply = http::wait_for(addr, "/livez", 200, Duration::from_secs(10));
+    let server = TestServer::start(dir.path(), EnvSecrets::default());
+    let reply = http::wait_for(server.addr, "/livez", 200, Duration::from_secs(10));
     assert_eq!(reply.body, "ok");
-    stop.send(()).unwrap();
-    handle.join().unwrap().unwrap();
+    server.stop().unwrap();
 }
 
 #[test]
 fn unknown_path_is_404_in_the_on_premises_envelope() {
     let dir = tempfile::tempdir().unwrap();
-    let (addr, stop, handle) = start(dir.path());
-    http::wait_for(addr, "/livez", 200, Duration::from_secs(10));
-    let reply = http::wait_for(addr, "/v1/nothing-here", 404, Duration::from_secs(10));
-    let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    let server = TestServer::start(dir.path(), EnvSecrets::default());
+    let reply = http::wait_for(server.addr, "/v1/nothing-here", 404, Duration::from_secs(10));
+    let body = reply.json();
     assert_eq!(body["errors"][0]["code"], 1006);
     assert_eq!(body["errors"][0]["details"], "/v1/nothing-here");
     assert_eq!(body["meta"]["api_status"], "stable");
-    stop.send(()).unwrap();
-    handle.join().unwrap().unwrap();
 }
 
 #[test]
@@ -93,19 +59,8 @@ fn routes_other_than_livez_answer_503_1011_until_recovery_is_done() {
 #[test]
 fn shutdown_checkpoints_so_the_next_start_replays_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let (store, _) = coreq_storage::Store::open(coreq_storage::StoreConfig::new(dir.path())).unwrap();
-        store.enqueue_callbacks(vec![b"{}".to_vec(); 3], 0).await.unwrap();
-    });
-    let (addr, stop, handle) = start(dir.path());
-    http::wait_for(addr, "/livez", 200, Duration::from_secs(10));
-    http::wait_for(addr, "/v1/anything", 404, Duration::from_secs(10));
-    stop.send(()).unwrap();
-    handle.join().unwrap().unwrap();
+    seed_callbacks(dir.path(), 3);
+    TestServer::start(dir.path(), EnvSecrets::default()).stop().unwrap();
     let (store, report) = coreq_storage::Store::open(coreq_storage::StoreConfig::new(dir.path())).unwrap();
     assert_eq!(report.replayed, 0, "{report:?}");
     assert_eq!(store.pending_callback_count(), 3);

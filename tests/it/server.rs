@@ -74,3 +74,30 @@ impl Drop for TestServer {
         let _ = self.shutdown();
     }
 }
+
+/// Starts the real `coreq serve` binary on `addr` over `dir` and waits until it is ready.
+pub fn spawn_binary(dir: &Path, addr: SocketAddr) -> std::process::Child {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_coreq"))
+        .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
+        .arg(dir)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn coreq");
+    http::wait_for(addr, "/v1/ready-probe", 404, Duration::from_secs(20));
+    child
+}
+
+/// Enqueues `n` callbacks into the store in `dir` directly (the service must not be running).
+pub fn seed_callbacks(dir: &Path, n: usize) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (store, _) = coreq_storage::Store::open(coreq_storage::StoreConfig::new(dir)).unwrap();
+        store
+            .enqueue_callbacks(vec![b"{\"a\":1}".to_vec(); n], 0)
+            .await
+            .unwrap();
+    });
+}

@@ -1,15 +1,12 @@
 //! The settings node over real HTTP (spec §4): every rule, one test each; each refused patch
 //! must leave the settings exactly as they were.
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
 use base64::Engine;
 use coreq::config::EnvSecrets;
 use serde_json::{Value, json};
 
 use crate::http::{self, Reply, request};
-use crate::server::TestServer;
+use crate::server::{TestServer, spawn_binary};
 
 const PASSWORD: &str = "Adm1n-Passw0rd!";
 
@@ -262,16 +259,7 @@ fn malformed_patch_body_is_1025_and_changes_nothing() {
 fn settings_survive_a_sigkill_right_after_the_200() {
     let dir = tempfile::tempdir().unwrap();
     let addr = http::free_addr();
-    let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_coreq"))
-            .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
-            .arg(dir.path())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let mut child = spawn();
-    http::wait_for(addr, "/v1/ready-probe", 404, Duration::from_secs(20));
+    let mut child = spawn_binary(dir.path(), addr);
     let auth = admin(addr);
     let reply = patch(
         addr,
@@ -281,8 +269,7 @@ fn settings_survive_a_sigkill_right_after_the_200() {
     assert_eq!(reply.status, 200);
     child.kill().unwrap(); // SIGKILL, at once
     child.wait().unwrap();
-    let mut child = spawn();
-    http::wait_for(addr, "/v1/ready-probe", 404, Duration::from_secs(20));
+    let mut child = spawn_binary(dir.path(), addr);
     let s = get(addr, &admin(addr));
     child.kill().unwrap();
     child.wait().unwrap();

@@ -1,9 +1,9 @@
 //! The real `coreq` binary: configuration errors, signals, recovery at start.
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use crate::http;
+use crate::server::{seed_callbacks, spawn_binary};
 
 const BIN: &str = env!("CARGO_BIN_EXE_coreq");
 
@@ -71,13 +71,7 @@ fn unusable_data_dir_exits_non_zero_naming_it() {
 fn sigterm_stops_the_server_gracefully_with_exit_zero() {
     let dir = tempfile::tempdir().unwrap();
     let addr = http::free_addr();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
-        .arg(dir.path())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    http::wait_for(addr, "/livez", 200, Duration::from_secs(20));
+    let mut child = spawn_binary(dir.path(), addr);
     // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
@@ -91,25 +85,8 @@ fn sigterm_stops_the_server_gracefully_with_exit_zero() {
 #[test]
 fn a_killed_server_recovers_its_state_at_the_next_start() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let (store, _) = coreq_storage::Store::open(coreq_storage::StoreConfig::new(dir.path())).unwrap();
-        store
-            .enqueue_callbacks(vec![b"{\"a\":1}".to_vec(); 5], 0)
-            .await
-            .unwrap();
-    });
-    let addr = http::free_addr();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
-        .arg(dir.path())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    http::wait_for(addr, "/v1/ready-probe", 404, Duration::from_secs(20));
+    seed_callbacks(dir.path(), 5);
+    let mut child = spawn_binary(dir.path(), http::free_addr());
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let (store, report) = coreq_storage::Store::open(coreq_storage::StoreConfig::new(dir.path())).unwrap();
