@@ -1,7 +1,7 @@
 //! Sequential reading of durable records from an LSN onward, across segments.
 
 use std::fs::File;
-use std::io::{BufReader, ErrorKind, Read};
+use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom};
 use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use crate::Lsn;
 use crate::error::{Result, WalError};
 use crate::frame::{self, Decoded};
 use crate::log::Inner;
+use crate::segments;
 
 struct OpenSegment {
     first: Lsn,
@@ -29,6 +30,8 @@ pub struct Reader<R> {
     next: Lsn,
     segment: Option<OpenSegment>,
     buf: Vec<u8>,
+    /// Offset of the last damaged frame met, where `resync` starts looking.
+    damaged_at: u64,
     _record: PhantomData<fn() -> R>,
 }
 
@@ -39,6 +42,7 @@ impl<R: DeserializeOwned> Reader<R> {
             next: from.max(1),
             segment: None,
             buf: Vec::new(),
+            damaged_at: 0,
             _record: PhantomData,
         }
     }
@@ -81,6 +85,41 @@ impl<R: DeserializeOwned> Reader<R> {
         }
     }
 
+    /// After damage at the start of the last frame read: continue at the next valid frame of
+    /// this segment (the same resync recovery uses), else at the next segment; if this is the
+    /// newest segment and nothing valid follows, the durable records after the damage are lost
+    /// (already reported) and reading resumes with records appended later.
+    fn resync(&mut self) -> Result<()> {
+        let max = self.inner.config.max_record_bytes;
+        let Some(seg) = self.segment.as_mut() else {
+            return Ok(());
+        };
+        let damaged_at = self.damaged_at;
+        let mut file = File::open(&seg.path).map_err(WalError::io(&seg.path))?;
+        file.seek(SeekFrom::Start(damaged_at + 1))
+            .map_err(WalError::io(&seg.path))?;
+        let mut rest = Vec::new();
+        file.read_to_end(&mut rest).map_err(WalError::io(&seg.path))?;
+        if let Some(k) = segments::resync(&rest, 0, max, self.next) {
+            let at = damaged_at + 1 + k as u64;
+            seg.file.seek(SeekFrom::Start(at)).map_err(WalError::io(&seg.path))?;
+            seg.offset = at;
+            return Ok(());
+        }
+        let (first, path) = (seg.first, seg.path.clone());
+        if self.has_segment_after(first + 1) {
+            self.skip_segment();
+            return Ok(());
+        }
+        let end = damaged_at + 1 + rest.len() as u64;
+        let durable = self.inner.durable();
+        let seg = self.segment.as_mut().expect("a segment is open");
+        seg.file.seek(SeekFrom::Start(end)).map_err(WalError::io(&path))?;
+        seg.offset = end;
+        self.next = self.next.max(durable + 1);
+        Ok(())
+    }
+
     fn has_segment_after(&self, lsn: Lsn) -> bool {
         self.inner
             .segments
@@ -121,6 +160,7 @@ impl<R: DeserializeOwned> Reader<R> {
         let len = u32::from_le_bytes(self.buf[0..4].try_into().expect("slice of 4")) as usize;
         let offset = seg.offset;
         if len < frame::HEADER_LEN - 8 || len > max + frame::HEADER_LEN - 8 {
+            self.damaged_at = offset;
             let seg = self.segment.take().expect("a segment is open");
             let err = self.corruption(&seg, offset, &self.buf.clone(), "implausible length");
             self.segment = Some(seg);
@@ -132,6 +172,7 @@ impl<R: DeserializeOwned> Reader<R> {
         match read {
             Ok(n) if n == len => {}
             Ok(_) => {
+                self.damaged_at = offset;
                 let seg = self.segment.take().expect("a segment is open");
                 let err = self.corruption(&seg, offset, &self.buf.clone(), "frame cut short inside durable range");
                 self.segment = Some(seg);
@@ -144,6 +185,7 @@ impl<R: DeserializeOwned> Reader<R> {
         }
         seg.offset += self.buf.len() as u64;
         match frame::decode(&self.buf, max) {
+            Decoded::Frame { lsn, .. } if lsn > segments::MAX_LSN => Err(self.damaged(offset, "lsn out of range")),
             Decoded::Frame { lsn, body, .. } => match postcard::from_bytes::<R>(body) {
                 Ok(record) => Ok(Some((lsn, record))),
                 Err(_) => Err(self.damaged(offset, "body does not decode")),
@@ -154,6 +196,7 @@ impl<R: DeserializeOwned> Reader<R> {
     }
 
     fn damaged(&mut self, offset: u64, reason: &str) -> WalError {
+        self.damaged_at = offset;
         let seg = self.segment.take().expect("a segment is open");
         let err = self.corruption(&seg, offset, &self.buf, reason);
         self.segment = Some(seg);
@@ -204,6 +247,12 @@ impl<R: DeserializeOwned> Iterator for Reader<R> {
                             reason: "the newest segment ends before the durable lsn".into(),
                         }));
                     }
+                }
+                Err(e @ WalError::Corruption { .. }) => {
+                    if let Err(io) = self.resync() {
+                        return Some(Err(io));
+                    }
+                    return Some(Err(e));
                 }
                 Err(e) => {
                     self.skip_segment();

@@ -74,6 +74,8 @@ pub(crate) fn scan(buf: &[u8], max_body: usize, first_lsn: Lsn, decodes: &dyn Fn
                     Some("unknown format byte")
                 } else if lsn < expected {
                     Some("lsn goes backwards")
+                } else if lsn > MAX_LSN {
+                    Some("lsn out of range")
                 } else if !decodes(body) {
                     Some("body does not decode")
                 } else {
@@ -128,8 +130,12 @@ pub(crate) fn scan(buf: &[u8], max_body: usize, first_lsn: Lsn, decodes: &dyn Fn
     scan
 }
 
+/// The largest LSN a frame may carry: far beyond any real log, and low enough that `lsn + 1`
+/// can never overflow. A larger one is damage (or a crafted file).
+pub(crate) const MAX_LSN: Lsn = 1 << 62;
+
 /// The first offset at or after `from` where a valid frame with LSN ≥ `expected` starts.
-fn resync(buf: &[u8], from: usize, max_body: usize, expected: Lsn) -> Option<usize> {
+pub(crate) fn resync(buf: &[u8], from: usize, max_body: usize, expected: Lsn) -> Option<usize> {
     (from..buf.len())
-        .find(|&at| matches!(frame::decode(&buf[at..], max_body), Decoded::Frame { lsn, .. } if lsn >= expected))
+        .find(|&at| matches!(frame::decode(&buf[at..], max_body), Decoded::Frame { lsn, .. } if lsn >= expected && lsn <= MAX_LSN))
 }

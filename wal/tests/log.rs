@@ -342,3 +342,57 @@ fn a_second_torn_tail_at_the_same_offset_is_quarantined_again() {
     let (_, report) = Wal::<Rec>::open(config(dir.path())).unwrap();
     assert_eq!(report.quarantined, 2);
 }
+
+/// Found by fuzzing (`wal_open_segment`): damage between two frames of the newest segment made
+/// the reader yield the same error forever instead of the record after it.
+#[test]
+fn reader_resyncs_past_damage_in_the_newest_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let wal = open(dir.path());
+        wal.append(&[(1, b"one".to_vec())]).unwrap();
+    }
+    let seg = segment_paths(dir.path()).pop().unwrap();
+    let mut bytes = fs::read(&seg).unwrap();
+    let first = bytes.clone();
+    bytes.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+    {
+        // A valid second frame, taken from a log that holds the same two records.
+        let other = tempfile::tempdir().unwrap();
+        let wal = open(other.path());
+        wal.append(&[(1, b"one".to_vec()), (2, b"two".to_vec())]).unwrap();
+        drop(wal);
+        let both = fs::read(segment_paths(other.path()).pop().unwrap()).unwrap();
+        bytes.extend_from_slice(&both[first.len()..]);
+    }
+    fs::write(&seg, &bytes).unwrap();
+    let (wal, report) = Wal::<Rec>::open(config(dir.path())).unwrap();
+    assert_eq!(report.damage.len(), 1);
+    let items: Vec<_> = wal.read_from(1).take(10).collect();
+    assert_eq!(
+        items.len(),
+        3,
+        "record 1, the damage, record 2 — and then the end: {items:?}"
+    );
+    assert!(matches!(items[1], Err(WalError::Corruption { .. })));
+    assert_eq!(items[2].as_ref().unwrap().1, (2, b"two".to_vec()));
+}
+
+/// Found by reading the code after fuzzing: a crafted frame with LSN u64::MAX overflowed `lsn + 1`.
+#[test]
+fn a_frame_with_an_absurd_lsn_is_damage_not_an_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("wal")).unwrap();
+    let mut frame = Vec::new();
+    let body = postcard::to_stdvec(&(1u64, b"x".to_vec())).unwrap();
+    coreq_wal::frame::encode_into(
+        &mut frame,
+        coreq_wal::frame::FORMAT_POSTCARD_V1,
+        u64::MAX,
+        &coreq_wal::frame::PreparedBody::new(body),
+    );
+    fs::write(dir.path().join("wal/00000000000000000001.wal"), &frame).unwrap();
+    let (wal, report) = Wal::<Rec>::open(config(dir.path())).unwrap();
+    assert_eq!(report.next_lsn, 1);
+    assert_eq!(wal.append(&[(1, vec![])]).unwrap(), 1..=1);
+}
