@@ -65,12 +65,7 @@ impl State for MemoryState {
                 next_attempt_at,
             } => {
                 if let Some(cb) = m.callbacks.get_mut(seq) {
-                    cb.attempts = Attempts {
-                        failures: *failures,
-                        last_error: Some(error.clone()),
-                        last_attempt_at: Some(*at),
-                        next_attempt_at: Some(*next_attempt_at),
-                    };
+                    cb.attempts = Attempts::failed(*failures, error, *at, *next_attempt_at);
                 }
             }
             Change::CallbackDelivered { seq } | Change::CallbackDeleted { seq } => {

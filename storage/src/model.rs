@@ -31,6 +31,19 @@ pub struct Attempts {
     pub next_attempt_at: Option<UnixMillis>,
 }
 
+impl Attempts {
+    /// The history after a failed attempt at `at`: `failures` in a row, retry not before
+    /// `next_attempt_at`.
+    pub fn failed(failures: u32, error: &str, at: UnixMillis, next_attempt_at: UnixMillis) -> Attempts {
+        Attempts {
+            failures,
+            last_error: Some(error.to_owned()),
+            last_attempt_at: Some(at),
+            next_attempt_at: Some(next_attempt_at),
+        }
+    }
+}
+
 /// An outgoing message and what became of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {

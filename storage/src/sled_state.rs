@@ -327,12 +327,7 @@ impl State for SledState {
                 next_attempt_at,
             } => {
                 if self.db.contains_key(seq_key(b'c', *seq))? {
-                    let attempts = Attempts {
-                        failures: *failures,
-                        last_error: Some(error.clone()),
-                        last_attempt_at: Some(*at),
-                        next_attempt_at: Some(*next_attempt_at),
-                    };
+                    let attempts = Attempts::failed(*failures, error, *at, *next_attempt_at);
                     self.db.insert(seq_key(b'a', *seq), encode(&attempts))?;
                 }
             }
