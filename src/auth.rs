@@ -62,6 +62,26 @@ pub enum AuthError {
     Hashing(String),
 }
 
+/// The monitoring API key (`WA_API_KEY`), kept only as its SHA-256 and compared in constant
+/// time over digests, so neither its bytes nor its length leak through timing. It needs no
+/// store, so health can be checked with it while the store is still recovering.
+#[derive(Clone)]
+pub struct ApiKey {
+    digest: [u8; 32],
+}
+
+impl ApiKey {
+    pub fn new(key: &str) -> ApiKey {
+        ApiKey {
+            digest: sha256(key.as_bytes()),
+        }
+    }
+
+    pub fn matches(&self, given: &str) -> bool {
+        bool::from(self.digest.ct_eq(&sha256(given.as_bytes())))
+    }
+}
+
 /// A token as issued: the secret (shown once) and when it expires.
 #[derive(Debug, Clone)]
 pub struct IssuedToken {
@@ -72,7 +92,6 @@ pub struct IssuedToken {
 pub struct Accounts {
     store: Store,
     clock: Arc<dyn Clock>,
-    api_key_digest: Option<[u8; 32]>,
     throttle: Mutex<HashMap<String, (u32, UnixMillis)>>,
 }
 
@@ -136,11 +155,10 @@ async fn verify_password(password: String, phc: String) -> bool {
 }
 
 impl Accounts {
-    pub fn new(store: Store, clock: Arc<dyn Clock>, api_key: Option<&str>) -> Accounts {
+    pub fn new(store: Store, clock: Arc<dyn Clock>) -> Accounts {
         Accounts {
             store,
             clock,
-            api_key_digest: api_key.map(|k| sha256(k.as_bytes())),
             throttle: Mutex::new(HashMap::new()),
         }
     }
@@ -260,12 +278,6 @@ impl Accounts {
         }))
     }
 
-    /// True when `key` is the configured API key (constant-time).
-    pub fn api_key_matches(&self, key: &str) -> bool {
-        self.api_key_digest
-            .is_some_and(|expected| bool::from(expected.ct_eq(&sha256(key.as_bytes()))))
-    }
-
     /// Revokes one token.
     pub async fn logout(&self, token: &str) -> Result<(), AuthError> {
         self.store.revoke_token(sha256(token.as_bytes()).to_vec()).await?;
@@ -349,16 +361,10 @@ mod tests {
 
     #[test]
     fn api_key_matches_only_the_configured_key() {
-        let accounts = Accounts::new(
-            Store::memory(),
-            Arc::new(crate::clock::SystemClock),
-            Some("monitoring-key-123"),
-        );
-        assert!(accounts.api_key_matches("monitoring-key-123"));
-        assert!(!accounts.api_key_matches("monitoring-key-124"));
-        assert!(!accounts.api_key_matches(""));
-        let off = Accounts::new(Store::memory(), Arc::new(crate::clock::SystemClock), None);
-        assert!(!off.api_key_matches(""));
+        let key = ApiKey::new("monitoring-key-123");
+        assert!(key.matches("monitoring-key-123"));
+        assert!(!key.matches("monitoring-key-124"));
+        assert!(!key.matches(""));
     }
 
     #[test]

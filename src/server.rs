@@ -13,9 +13,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::api::{self, AppState, Services};
-use crate::auth::Accounts;
+use crate::auth::{Accounts, ApiKey};
 use crate::clock::SystemClock;
-use crate::config::Config;
+use crate::config::{Config, GatewayKind};
 use crate::error::ServeError;
 use crate::settings::Settings;
 
@@ -26,12 +26,17 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    if config.gateway != GatewayKind::None {
+        return Err(ServeError::Unsupported(
+            "gateways sim and http (issue 5); run with --gateway none",
+        ));
+    }
     if config.tls.is_some() {
         return Err(ServeError::Unsupported(
             "serving the API over TLS (--tls-cert/--tls-key); terminate TLS in front of coreq for now",
         ));
     }
-    let state = AppState::new();
+    let state = AppState::new(config.api_key.as_deref().map(ApiKey::new));
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(serve_http(listener, state.clone(), stop_rx.clone()));
     tokio::pin!(shutdown);
@@ -46,7 +51,7 @@ pub async fn run(
             return Ok(());
         }
     };
-    let accounts = Accounts::new(store.clone(), Arc::new(SystemClock), config.api_key.as_deref());
+    let accounts = Accounts::new(store.clone(), Arc::new(SystemClock));
     accounts
         .bootstrap(config.admin_password.as_deref())
         .await

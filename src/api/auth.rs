@@ -1,6 +1,6 @@
-//! Credentials to callers. `Caller` accepts only a Bearer token (an `Apikey` is refused here:
+//! Credentials to callers. `Caller` accepts only a Bearer token (an `Apikey` is refused there:
 //! spec §2 allows it only on health, stats and metrics); `Admin` additionally requires
-//! `ROLE_ADMIN`. Missing or bad credentials are 401/1005; the wrong role is 403/1005.
+//! `ROLE_ADMIN`; `Monitor` (health, stats, metrics) accepts a Bearer token or the `Apikey`. Missing or bad credentials are 401/1005; the wrong role is 403/1005.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -65,5 +65,24 @@ impl FromRequestParts<AppState> for Admin {
             Role::Admin => Ok(Admin(caller.principal)),
             Role::User => Err(ApiError::Forbidden),
         }
+    }
+}
+
+/// A caller of the monitoring nodes: any valid Bearer token, or the API key. The API key is
+/// checked without the store, so it works while recovery is still running.
+pub struct Monitor;
+
+impl FromRequestParts<AppState> for Monitor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if let Some(key) = credentials(parts, "Apikey") {
+            return if state.api_key_matches(key) {
+                Ok(Monitor)
+            } else {
+                Err(ApiError::Unauthorized)
+            };
+        }
+        Caller::from_request_parts(parts, state).await.map(|_| Monitor)
     }
 }

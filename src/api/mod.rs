@@ -1,10 +1,12 @@
 //! The HTTP API (axum). Only this module knows HTTP. One file per On-Premises node:
-//! `users.rs` (login, logout, user management), `settings.rs` (application settings); more arrive with the settings, health, support,
+//! `users.rs` (login, logout, user management), `settings.rs` (application settings),
+//! `health.rs` (answers during recovery too); more arrive with the settings, health, support,
 //! stats and metrics nodes. `error.rs` is the one place errors become responses; `auth.rs`
 //! turns credentials into a caller.
 
 pub mod auth;
 pub mod error;
+mod health;
 mod settings;
 mod users;
 
@@ -18,7 +20,7 @@ use axum::routing::get;
 use coreq_storage::Store;
 use serde_json::{Value, json};
 
-use crate::auth::Accounts;
+use crate::auth::{Accounts, ApiKey};
 use crate::settings::Settings;
 use error::ApiError;
 
@@ -29,15 +31,25 @@ pub struct Services {
     pub settings: Settings,
 }
 
-/// What handlers share. The services appear once recovery has finished.
+/// What handlers share. The API key is known from the start; the services appear once
+/// recovery has finished.
 #[derive(Clone, Default)]
 pub struct AppState {
+    api_key: Option<ApiKey>,
     services: Arc<OnceLock<Arc<Services>>>,
 }
 
 impl AppState {
-    pub fn new() -> AppState {
-        AppState::default()
+    pub fn new(api_key: Option<ApiKey>) -> AppState {
+        AppState {
+            api_key,
+            services: Arc::default(),
+        }
+    }
+
+    /// True when `given` is the configured monitoring API key.
+    pub fn api_key_matches(&self, given: &str) -> bool {
+        self.api_key.as_ref().is_some_and(|key| key.matches(given))
     }
 
     /// Called once, when start-up recovery is complete.
@@ -70,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), require_ready));
     Router::new()
         .route("/livez", get(livez))
+        .merge(health::routes())
         .merge(ready_only)
         .with_state(state)
 }

@@ -1,5 +1,6 @@
 //! Black-box tests of the service: the real router on an ephemeral port, and the real binary.
 
+mod health;
 mod http;
 mod serve;
 mod server;

@@ -38,7 +38,7 @@ fn routes_other_than_livez_answer_503_1011_until_recovery_is_done() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let app = coreq::api::router(coreq::api::AppState::new());
+        let app = coreq::api::router(coreq::api::AppState::new(None));
         let livez = app
             .clone()
             .oneshot(Request::get("/livez").body(Body::empty()).unwrap())
@@ -46,7 +46,7 @@ fn routes_other_than_livez_answer_503_1011_until_recovery_is_done() {
             .unwrap();
         assert_eq!(livez.status(), 200);
         let other = app
-            .oneshot(Request::get("/v1/health").body(Body::empty()).unwrap())
+            .oneshot(Request::get("/v1/settings/application").body(Body::empty()).unwrap())
             .await
             .unwrap();
         assert_eq!(other.status(), 503);

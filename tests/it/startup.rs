@@ -93,3 +93,23 @@ fn a_killed_server_recovers_its_state_at_the_next_start() {
     assert!(report.wal.damage.is_empty(), "{report:?}");
     assert_eq!(store.pending_callback_count(), 5);
 }
+
+#[test]
+fn a_gateway_that_is_not_built_yet_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--gateway", "sim", "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_ne!(status.code(), Some(0));
+    assert!(
+        stderr.contains("not supported yet") && stderr.contains("gateway"),
+        "{stderr}"
+    );
+}
