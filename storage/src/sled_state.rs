@@ -104,6 +104,57 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
     })
 }
 
+/// sled 0.34.7 writes a snapshot at every open to `snap.<n>.generating`, fsyncs it, then renames
+/// it. A kill before the rename leaves the partial file, and sled's next open takes it for the
+/// newest snapshot and fails with "Read corrupted data" forever after (sled #1527, #1533; found
+/// by our store crash test). Such a file is never needed: the previous snapshot and sled's log
+/// recover the tree, and our WAL replays from the checkpoint anyway. So it is removed first.
+fn remove_unfinished_snapshots(dir: &Path) -> Result<()> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StorageError::Io { path, source }
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let mut removed = false;
+    for entry in entries {
+        let path = entry.map_err(io(dir))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(file = %path.display(), "storage: removing an unfinished sled snapshot left by a crash");
+            std::fs::remove_file(&path).map_err(io(&path))?;
+            removed = true;
+        }
+    }
+    if removed {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    }
+    Ok(())
+}
+
+/// Opens sled, waiting briefly if its file lock is still held: sled releases the lock from a
+/// background thread shortly (measured up to ~1 ms) after the previous handle was dropped.
+fn open_db(config: &SledConfig) -> Result<sled::Db> {
+    const LOCK_RETRIES: u32 = 100;
+    let mut attempt = 0;
+    loop {
+        let opened = sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_capacity_bytes)
+            .flush_every_ms(Some(config.flush_every_ms))
+            .mode(sled::Mode::HighThroughput)
+            .open();
+        match opened {
+            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock && attempt < LOCK_RETRIES => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// A cursor value: 8 big-endian bytes. Anything else is damage, reported rather than read as 0.
 fn be_u64(key: &[u8], value: &[u8]) -> Result<u64> {
     let bytes: [u8; 8] = value.try_into().map_err(|_| {
@@ -118,12 +169,8 @@ fn be_u64(key: &[u8], value: &[u8]) -> Result<u64> {
 
 impl SledState {
     pub fn open(config: &SledConfig) -> Result<SledState> {
-        let db = sled::Config::new()
-            .path(&config.path)
-            .cache_capacity(config.cache_capacity_bytes)
-            .flush_every_ms(Some(config.flush_every_ms))
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+        remove_unfinished_snapshots(&config.path)?;
+        let db = open_db(config)?;
         let data_path = config.path.join("db");
         let data_file = File::open(&data_path).map_err(|source| StorageError::Io {
             path: data_path,
