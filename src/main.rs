@@ -54,7 +54,7 @@ fn serve(args: coreq::config::ServeArgs) -> ExitCode {
     };
     let filter = std::env::var("COREQ_LOG").unwrap_or_else(|_| "info".into());
     if let Err(e) = coreq::telemetry::init(&config.log_dir, &filter) {
-        eprintln!("coreq: invalid configuration: --log-dir/COREQ_LOG_DIR: {e}");
+        eprintln!("coreq: invalid configuration: {e}");
         return ExitCode::from(2);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -173,6 +173,24 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The largest request body accepted. The router enforces it (`DefaultBodyLimit`), so the
+/// number in a 413's details is the limit actually in force.
+pub const BODY_LIMIT_BYTES: usize = 1 << 20;
+
+/// Reads a request body: over the limit is 413/1025, any other failure 400/1025.
+pub async fn body_bytes<S: Send + Sync>(req: axum::extract::Request, state: &S) -> Result<axum::body::Bytes, ApiError> {
+    use axum::extract::FromRequest;
+    axum::body::Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge {
+                limit: BODY_LIMIT_BYTES,
+            }
+        } else {
+            ApiError::Malformed(format!("body: {rejection}"))
+        }
+    })
+}
+
 /// A JSON body, parsed with errors in the envelope: a syntax error is 1025 with its line and
 /// column; a body over the limit is 413.
 pub struct ApiJson(pub serde_json::Value);
@@ -181,23 +199,9 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for ApiJson {
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        let limit = req.extensions().get::<BodyLimit>().map_or(DEFAULT_BODY_LIMIT, |l| l.0);
-        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::TooLarge { limit }
-            } else {
-                ApiError::Malformed(format!("body: {rejection}"))
-            }
-        })?;
-        parse_json(&bytes).map(ApiJson)
+        parse_json(&body_bytes(req, state).await?).map(ApiJson)
     }
 }
-
-/// The body size limit in force for a route (set by the router), for error messages.
-#[derive(Debug, Clone, Copy)]
-pub struct BodyLimit(pub usize);
-
-pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
 
 /// Parses JSON, reporting a syntax error with its line and column.
 pub fn parse_json(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {

@@ -84,6 +84,7 @@ pub fn router(state: AppState) -> Router {
         .route("/livez", get(livez))
         .merge(health::routes())
         .merge(ready_only)
+        .layer(axum::extract::DefaultBodyLimit::max(error::BODY_LIMIT_BYTES))
         .with_state(state)
 }
 

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, FromRequest, Path, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::routing::{get, post};
@@ -12,7 +12,7 @@ use coreq_storage::Role;
 use serde_json::{Value, json};
 
 use crate::api::auth::{Admin, Caller, credentials};
-use crate::api::error::{ApiError, parse_json};
+use crate::api::error::{ApiError, body_bytes, parse_json};
 use crate::api::{AppState, meta};
 
 pub fn routes() -> Router<AppState> {
@@ -40,9 +40,7 @@ async fn object_body(
     state: &AppState,
     allowed: &[&str],
 ) -> Result<serde_json::Map<String, Value>, ApiError> {
-    let bytes = axum::body::Bytes::from_request(request, state)
-        .await
-        .map_err(|e| ApiError::Malformed(format!("body: {e}")))?;
+    let bytes = body_bytes(request, state).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::Map::new());
     }

@@ -81,6 +81,24 @@ concurrent_suite!(
     send_queue_never_shows_a_hole_under_concurrent_accepts
 );
 
+/// While `writers` run, reads `seqs()` over and over and asserts each read is exactly 1..=n.
+async fn assert_gap_free_while(writers: Vec<tokio::task::JoinHandle<()>>, what: &str, seqs: impl Fn() -> Vec<u64>) {
+    let mut observations = 0;
+    while writers.iter().any(|w| !w.is_finished()) && observations < 100_000 {
+        let seen = seqs();
+        assert!(
+            seen.iter().copied().eq(1..=seen.len() as u64),
+            "hole in the {what}: {:?}",
+            &seen[..seen.len().min(40)]
+        );
+        observations += 1;
+        tokio::task::yield_now().await;
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+}
+
 async fn head_of_the_queue_never_shows_a_hole_under_concurrent_enqueues(f: Fixture) {
     let store = f.store.clone();
     let writers: Vec<_> = (0..32)
@@ -93,25 +111,15 @@ async fn head_of_the_queue_never_shows_a_hole_under_concurrent_enqueues(f: Fixtu
             })
         })
         .collect();
-    let mut observations = 0;
-    while writers.iter().any(|w| !w.is_finished()) && observations < 100_000 {
-        let seqs: Vec<u64> = store
+    assert_gap_free_while(writers, "callback queue", || {
+        store
             .pending_callbacks(None, 10_000)
             .unwrap()
             .iter()
             .map(|c| c.seq)
-            .collect();
-        assert!(
-            seqs.iter().copied().eq(1..=seqs.len() as u64),
-            "hole at the head: {:?}",
-            &seqs[..seqs.len().min(40)]
-        );
-        observations += 1;
-        tokio::task::yield_now().await;
-    }
-    for w in writers {
-        w.await.unwrap();
-    }
+            .collect()
+    })
+    .await;
     assert_eq!(store.pending_callbacks(None, 10_000).unwrap().len(), 32 * 20 * 3);
 }
 
@@ -130,25 +138,15 @@ async fn send_queue_never_shows_a_hole_under_concurrent_accepts(f: Fixture) {
             })
         })
         .collect();
-    let mut observations = 0;
-    while writers.iter().any(|w| !w.is_finished()) && observations < 100_000 {
-        let seqs: Vec<u64> = store
+    assert_gap_free_while(writers, "send queue", || {
+        store
             .send_queue(None, 10_000)
             .unwrap()
             .iter()
             .map(|m| m.send_seq)
-            .collect();
-        assert!(
-            seqs.iter().copied().eq(1..=seqs.len() as u64),
-            "hole in the send queue: {:?}",
-            &seqs[..seqs.len().min(40)]
-        );
-        observations += 1;
-        tokio::task::yield_now().await;
-    }
-    for w in writers {
-        w.await.unwrap();
-    }
+            .collect()
+    })
+    .await;
     assert_eq!(store.send_queue_len(), 32 * 20);
 }
 

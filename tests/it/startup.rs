@@ -113,3 +113,11 @@ fn a_gateway_that_is_not_built_yet_is_refused_at_start() {
         "{stderr}"
     );
 }
+
+#[test]
+fn invalid_log_filter_exits_non_zero_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stderr) = refused(dir.path(), &[], &[("COREQ_LOG", "coreq=loud")]);
+    assert_ne!(code, 0);
+    assert_one_line_naming(&stderr, "COREQ_LOG");
+}

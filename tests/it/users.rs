@@ -350,3 +350,16 @@ fn no_reply_leaks_a_password_or_token() {
         }
     }
 }
+
+#[test]
+fn body_over_the_limit_is_413_1025_naming_the_limit_in_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), env());
+    let admin = admin_bearer(&server);
+    let padding = "x".repeat(coreq::api::error::BODY_LIMIT_BYTES);
+    let body = format!(r#"{{"username":"harry","password":"{padding}"}}"#);
+    let reply = request(server.addr, "POST", "/v1/users", &[("Authorization", &admin)], &body);
+    assert_eq!((reply.status, reply.code()), (413, 1025));
+    let limit = coreq::api::error::BODY_LIMIT_BYTES.to_string();
+    assert!(reply.body.contains(&limit), "{}", reply.body);
+}
