@@ -75,6 +75,10 @@ pub struct ServeArgs {
     /// sled's page cache, in MiB.
     #[arg(long, env = "COREQ_STATE_CACHE_MB", default_value = "64")]
     pub state_cache_mb: u64,
+    /// Writes are refused (507) while the data or log volume has less free space than this, in
+    /// MiB.
+    #[arg(long, env = "COREQ_MIN_FREE_MB", default_value = "10")]
+    pub min_free_mb: u64,
 }
 
 /// The On-Premises database variables (spec §1), read by `main` alongside the flags.
@@ -94,6 +98,9 @@ pub struct EnvSecrets {
     pub api_key: Option<String>,
     pub admin_password: Option<String>,
     pub db: OnPremDbEnv,
+    /// The process's `COREQ_*`, `WA_*` and locale variables, as given (secrets included):
+    /// `/v1/support` shows them masked.
+    pub environment: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +147,10 @@ pub struct Config {
     pub allow_http_webhooks: bool,
     pub checkpoint_interval: Duration,
     pub state_cache_bytes: u64,
+    /// Free space below which writes are refused (507/1014), per volume.
+    pub min_free_bytes: u64,
+    /// See [`EnvSecrets::environment`].
+    pub environment: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Config {
@@ -158,6 +169,8 @@ impl std::fmt::Debug for Config {
             .field("allow_http_webhooks", &self.allow_http_webhooks)
             .field("checkpoint_interval", &self.checkpoint_interval)
             .field("state_cache_bytes", &self.state_cache_bytes)
+            .field("min_free_bytes", &self.min_free_bytes)
+            .field("environment", &self.environment.iter().map(|(k, _)| k).collect::<Vec<_>>())
             .finish()
     }
 }
@@ -218,6 +231,9 @@ impl Config {
         if !(1..=65_536).contains(&args.state_cache_mb) {
             return Err(bad("--state-cache-mb/COREQ_STATE_CACHE_MB", "must be 1..=65536"));
         }
+        if args.min_free_mb > 1 << 20 {
+            return Err(bad("--min-free-mb/COREQ_MIN_FREE_MB", "must be at most 1048576 (1 TiB)"));
+        }
         Ok(Config {
             listen: args.listen,
             data_dir: args.data_dir,
@@ -232,6 +248,8 @@ impl Config {
             allow_http_webhooks: args.allow_http_webhooks,
             checkpoint_interval: Duration::from_millis(args.checkpoint_interval_ms),
             state_cache_bytes: args.state_cache_mb << 20,
+            min_free_bytes: args.min_free_mb << 20,
+            environment: env.environment,
         })
     }
 

@@ -41,6 +41,11 @@ fn secrets_from_env() -> EnvSecrets {
             password: var("WA_DB_PASSWORD"),
             name_prefix: var("WA_DB_NAME_PREFIX"),
         },
+        environment: std::env::vars()
+            .filter(|(name, _)| {
+                name.starts_with("COREQ_") || name.starts_with("WA_") || matches!(name.as_str(), "LANG" | "LC_ALL" | "LC_MESSAGES")
+            })
+            .collect(),
     }
 }
 
@@ -52,8 +57,8 @@ fn serve(args: coreq::config::ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = std::env::var("COREQ_LOG").unwrap_or_else(|_| "info".into());
-    if let Err(e) = coreq::telemetry::init(&config.log_dir, &filter) {
+    let pinned_filter = std::env::var("COREQ_LOG").ok();
+    if let Err(e) = coreq::telemetry::init(&config.log_dir, pinned_filter.as_deref()) {
         eprintln!("coreq: invalid configuration: {e}");
         return ExitCode::from(2);
     }

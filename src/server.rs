@@ -17,7 +17,9 @@ use crate::auth::{Accounts, ApiKey};
 use crate::clock::SystemClock;
 use crate::config::{Config, GatewayKind};
 use crate::error::ServeError;
-use crate::settings::Settings;
+use crate::disk::SpaceGuard;
+use crate::settings::{AppSettings, Settings};
+use crate::telemetry::{self, catalog, catalog::CHECKPOINT_SECONDS};
 
 /// Runs the service on `listener` until `shutdown` resolves. Returns an error (and the process
 /// exits non-zero) if recovery fails or a checkpoint's flush fails: both are fatal.
@@ -29,6 +31,11 @@ pub async fn run(
     if config.gateway != GatewayKind::None {
         return Err(ServeError::Unsupported(
             "gateways sim and http (issue 5); run with --gateway none",
+        ));
+    }
+    if config.database.is_some() {
+        return Err(ServeError::Unsupported(
+            "mirroring into PostgreSQL or MySQL (issue 6); run without --database-url/WA_DB_*",
         ));
     }
     if config.tls.is_some() {
@@ -56,15 +63,22 @@ pub async fn run(
         .bootstrap(config.admin_password.as_deref())
         .await
         .map_err(|e| ServeError::Task(format!("creating the admin account: {e}")))?;
-    let settings = Settings::new(store.clone(), config.allow_http_webhooks);
+    let settings = Settings::open(store.clone(), config.allow_http_webhooks)
+        .map_err(|e| ServeError::Task(format!("reading the settings: {e}")))?;
+    tokio::spawn(follow_log_settings(settings.subscribe()));
+    tokio::spawn(metrics_upkeep(stop_rx.clone()));
+    let space = SpaceGuard::new(&config.data_dir, &config.log_dir, config.min_free_bytes);
+    let checkpoint_interval = config.checkpoint_interval;
     state.set_ready(Services {
+        config: Arc::new(config),
         store: store.clone(),
         accounts,
         settings,
+        space,
     });
-    tracing::info!(listen = %config.listen, "coreq ready");
+    tracing::info!("coreq ready");
 
-    let checkpointer = tokio::spawn(checkpoint_loop(store.clone(), config.checkpoint_interval, stop_rx));
+    let checkpointer = tokio::spawn(checkpoint_loop(store.clone(), checkpoint_interval, stop_rx));
     tokio::pin!(checkpointer);
     let outcome = tokio::select! {
         () = &mut shutdown => Ok(()),
@@ -105,10 +119,37 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 
 async fn checkpoint(store: &Store) -> Result<(), ServeError> {
     let store = store.clone();
+    let started = std::time::Instant::now();
     tokio::task::spawn_blocking(move || store.checkpoint())
         .await
         .map_err(|e| ServeError::Task(e.to_string()))??;
+    metrics::histogram!(CHECKPOINT_SECONDS).record(started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Keeps the log filter on the `log_level` / `verbose_logging` settings, live.
+async fn follow_log_settings(mut settings: watch::Receiver<AppSettings>) {
+    loop {
+        let (level, verbose) = {
+            let current = settings.borrow_and_update();
+            (current.log_level.clone(), current.verbose_logging)
+        };
+        telemetry::follow_settings(&level, verbose);
+        if settings.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Drains the exporter's histogram buffers every few seconds (its owner's job).
+async fn metrics_upkeep(mut stop: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => catalog::upkeep(),
+            () = stopped(&mut stop) => return,
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

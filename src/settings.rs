@@ -325,11 +325,13 @@ fn webhook_url(v: &Value, allow_http: bool) -> Result<Option<String>, PatchError
     Ok(Some(s.to_owned()))
 }
 
-/// The settings, stored durably, with serialized writers.
+/// The settings, stored durably, with serialized writers. Parts of the service that follow a
+/// setting live (logging now, the dispatcher later) [`subscribe`](Settings::subscribe).
 pub struct Settings {
     store: Store,
     writer: tokio::sync::Mutex<()>,
     allow_http_webhooks: bool,
+    changes: tokio::sync::watch::Sender<AppSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -343,24 +345,30 @@ pub enum SettingsError {
 }
 
 impl Settings {
-    pub fn new(store: Store, allow_http_webhooks: bool) -> Settings {
-        Settings {
+    /// The settings service over `store`, starting from what it holds.
+    pub fn open(store: Store, allow_http_webhooks: bool) -> Result<Settings, SettingsError> {
+        let current = stored(&store)?;
+        Ok(Settings {
             store,
             writer: tokio::sync::Mutex::new(()),
             allow_http_webhooks,
-        }
+            changes: tokio::sync::watch::Sender::new(current),
+        })
     }
 
     pub fn current(&self) -> Result<AppSettings, SettingsError> {
-        match self.store.setting(KEY)? {
-            None => Ok(AppSettings::default()),
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| SettingsError::Corrupt(e.to_string())),
-        }
+        stored(&self.store)
+    }
+
+    /// The current settings now, and every later change once it is durable.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<AppSettings> {
+        self.changes.subscribe()
     }
 
     async fn write(&self, settings: &AppSettings) -> Result<(), SettingsError> {
         let bytes = serde_json::to_vec(settings).map_err(|e| SettingsError::Corrupt(e.to_string()))?;
         self.store.put_settings(vec![(KEY.to_owned(), Some(bytes))]).await?;
+        self.changes.send_replace(settings.clone());
         Ok(())
     }
 
@@ -381,5 +389,12 @@ impl Settings {
         };
         self.write(&next).await?;
         Ok(next)
+    }
+}
+
+fn stored(store: &Store) -> Result<AppSettings, SettingsError> {
+    match store.setting(KEY)? {
+        None => Ok(AppSettings::default()),
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| SettingsError::Corrupt(e.to_string())),
     }
 }

@@ -36,9 +36,10 @@ pub enum ApiError {
     /// 1011: starting or recovering.
     #[error("service not ready: {0}")]
     NotReady(&'static str),
-    /// 1014 with 507: a data or log volume has under 10 MB free; writes are refused.
-    #[error("no space left on {0}")]
-    NoSpace(&'static str),
+    /// 1014 with 507: a data or log volume has less than the minimum free (10 MiB by
+    /// default); writes are refused.
+    #[error("no space left on {volume}")]
+    NoSpace { volume: &'static str, min_free: u64 },
     /// 1014 with 500: an internal failure (logged with its cause; the client sees no internals).
     #[error("internal error: {0}")]
     Internal(String),
@@ -113,11 +114,11 @@ impl ApiError {
                 format!("{field}: unknown parameter"),
             ),
             NotReady(what) => (S::SERVICE_UNAVAILABLE, 1011, "Service not ready", (*what).to_owned()),
-            NoSpace(volume) => (
+            NoSpace { volume, min_free } => (
                 S::INSUFFICIENT_STORAGE,
                 1014,
                 "Internal error",
-                format!("{volume}: under 10 MB free"),
+                format!("{volume}: volume has under {} MiB free; writes are refused", min_free >> 20),
             ),
             Internal(_) => (
                 S::INTERNAL_SERVER_ERROR,
@@ -236,7 +237,7 @@ mod tests {
             (ApiError::invalid("to", "bad"), 400, 1009),
             (ApiError::Unknown("zzz".into()), 400, 1010),
             (ApiError::NotReady("recovering"), 503, 1011),
-            (ApiError::NoSpace("data"), 507, 1014),
+            (ApiError::NoSpace { volume: "data", min_free: 10 << 20 }, 507, 1014),
             (ApiError::Internal("x".into()), 500, 1014),
             (ApiError::TooManyRequests, 429, 1015),
             (ApiError::Overloaded("backlog"), 503, 1016),

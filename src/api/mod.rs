@@ -1,19 +1,24 @@
 //! The HTTP API (axum). Only this module knows HTTP. One file per On-Premises node:
 //! `users.rs` (login, logout, user management), `settings.rs` (application settings),
-//! `health.rs` (answers during recovery too); more arrive with the settings, health, support,
-//! stats and metrics nodes. `error.rs` is the one place errors become responses; `auth.rs`
-//! turns credentials into a caller.
+//! `health.rs` (answers during recovery too), `support.rs`, `stats.rs` (stats and `/metrics`).
+//! `error.rs` is the one place errors become responses; `auth.rs` turns credentials into a
+//! caller. Two middlewares wrap every route: request metrics and logging (`record_request`),
+//! and the free-space guard on writes (`refuse_writes_without_space`).
 
 pub mod auth;
 pub mod error;
 mod health;
 mod settings;
+mod stats;
+mod support;
 mod users;
 
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -21,14 +26,19 @@ use coreq_storage::Store;
 use serde_json::{Value, json};
 
 use crate::auth::{Accounts, ApiKey};
+use crate::config::Config;
+use crate::disk::{LowSpace, SpaceGuard};
 use crate::settings::Settings;
+use crate::telemetry::catalog::{HTTP_REQUEST_SECONDS, HTTP_REQUESTS};
 use error::ApiError;
 
 /// What handlers need once start-up recovery has finished.
 pub struct Services {
+    pub config: Arc<Config>,
     pub store: Store,
     pub accounts: Accounts,
     pub settings: Settings,
+    pub space: SpaceGuard,
 }
 
 /// What handlers share. The API key is known from the start; the services appear once
@@ -78,12 +88,16 @@ pub fn meta() -> Value {
 pub fn router(state: AppState) -> Router {
     let ready_only = users::routes()
         .merge(settings::routes())
+        .merge(support::routes())
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), refuse_writes_without_space))
         .layer(middleware::from_fn_with_state(state.clone(), require_ready));
     Router::new()
         .route("/livez", get(livez))
         .merge(health::routes())
+        .merge(stats::routes())
         .merge(ready_only)
+        .layer(middleware::from_fn(record_request))
         .layer(axum::extract::DefaultBodyLimit::max(error::BODY_LIMIT_BYTES))
         .with_state(state)
 }
@@ -104,4 +118,52 @@ async fn require_ready(State(state): State<AppState>, request: Request, next: Ne
         return e.into_response();
     }
     next.run(request).await
+}
+
+/// Writes (anything but GET, HEAD and OPTIONS) answer 507/1014 while a data or log volume is
+/// under its free-space minimum. Login and logout stay open so an operator can still get a
+/// token to read `/v1/support`.
+async fn refuse_writes_without_space(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let session = matches!(request.uri().path(), "/v1/users/login" | "/v1/users/logout");
+    if !reads && !session {
+        if let Ok(services) = state.services() {
+            if let Err(LowSpace { volume, min_free }) = services.space.check() {
+                return ApiError::NoSpace { volume, min_free }.into_response();
+            }
+        }
+    }
+    next.run(request).await
+}
+
+/// Counts and times every request by route template (never the raw path: user names and ids
+/// would make unbounded label sets), and logs it at debug level.
+async fn record_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = method_label(request.method());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let elapsed = started.elapsed();
+    metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route.clone(), "status" => status.clone()).increment(1);
+    metrics::histogram!(HTTP_REQUEST_SECONDS, "method" => method, "route" => route.clone()).record(elapsed.as_secs_f64());
+    tracing::debug!(method, %route, %status, elapsed_us = elapsed.as_micros() as u64, "request");
+    response
+}
+
+/// A bounded label: the standard methods by name, anything else as `other`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }

@@ -45,6 +45,15 @@ use watermark::Watermark;
 /// several consecutive records committed together.
 const MAX_ENQUEUE_RECORD_BYTES: usize = 4 << 20;
 
+/// Histogram (through the `metrics` facade): seconds from submitting a durable commit to its
+/// records being on disk, which is what an acknowledged request waits for.
+pub const WAL_APPEND_SECONDS: &str = "coreq_wal_append_duration_seconds";
+
+/// Version of each area's record format, reported by `/v1/support` as `schema`. Bumped when an
+/// area's `Change` variants or stored values change shape.
+pub const SCHEMA_VERSIONS: [(&str, u32); 5] =
+    [("callback", 1), ("config", 1), ("jobqueue", 1), ("message", 1), ("user", 1)];
+
 /// Where the durable store keeps its files, all under one data directory.
 #[derive(Clone)]
 pub struct StoreConfig {
@@ -244,6 +253,7 @@ impl Store {
     /// run in their own task, so a caller that goes away (a dropped HTTP request) cannot leave
     /// a durable record unapplied.
     async fn commit_durable(&self, build: impl FnOnce(&mut Counters) -> Vec<Change>) -> Result<Vec<Change>> {
+        let submitted = std::time::Instant::now();
         let (changes, ticket) = self.submit(build)?;
         let Some(ticket) = ticket else {
             self.apply_all(&changes, None)?;
@@ -252,6 +262,7 @@ impl Store {
         let store = self.clone();
         let task = tokio::spawn(async move {
             ticket.durable().await?;
+            metrics::histogram!(WAL_APPEND_SECONDS).record(submitted.elapsed().as_secs_f64());
             store.apply_all(&changes, Some(ticket.lsns()))?;
             Ok::<_, StorageError>(changes)
         });

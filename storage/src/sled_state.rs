@@ -62,6 +62,9 @@ struct StoredCallback {
     body: Vec<u8>,
 }
 
+/// The embedded engine and its pinned version, as `/v1/support` reports it.
+pub const ENGINE: &str = "sled 0.34.7";
+
 pub struct SledState {
     db: sled::Db,
     path: PathBuf,
