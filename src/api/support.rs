@@ -46,7 +46,7 @@ fn describe(services: &Services) -> Result<Value, ApiError> {
         "db_info": [coreq_storage::sled_state::ENGINE, format!("coreq-wal frame format {}", coreq_wal::frame::FORMAT_POSTCARD_V1)],
         "debug_info": settings.wa_id.as_deref().unwrap_or("unregistered"),
         "description": concat!("coreq ", env!("CARGO_PKG_VERSION")),
-        "device_iso8601": OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default(),
+        "device_iso8601": OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or_else(|_| OffsetDateTime::now_utc()).format(&Rfc3339).unwrap_or_default(),
         "env": masked_environment(&config.environment),
         "free_space_data": free_of("data"),
         "free_space_logs": free_of("logs"),

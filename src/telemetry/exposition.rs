@@ -132,7 +132,7 @@ pub fn to_json(families: &[Family]) -> Value {
                 .iter()
                 .map(|(k, v)| (k.clone(), Value::String(v.clone())))
                 .collect();
-            let value = Number::from_f64(sample.value).map_or_else(|| Value::String(format_special(sample.value)), Value::Number);
+            let value = number(sample.value);
             if let Some(data) = entry.get_mut("data").and_then(Value::as_array_mut) {
                 data.push(json!({ "labels": labels, "value": value }));
             }
@@ -141,13 +141,18 @@ pub fn to_json(families: &[Family]) -> Value {
     Value::Object(out)
 }
 
-fn format_special(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v > 0.0 {
-        "+Inf".into()
-    } else {
-        "-Inf".into()
+/// Whole values (counts, sizes) as JSON integers; others as floats; NaN and infinities as
+/// the strings Prometheus uses for them.
+fn number(v: f64) -> Value {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53: every integer below is an exact f64
+    if v.fract() == 0.0 && v.abs() < EXACT {
+        return Value::from(v as i64);
+    }
+    match Number::from_f64(v) {
+        Some(n) => Value::Number(n),
+        None if v.is_nan() => Value::String("NaN".into()),
+        None if v > 0.0 => Value::String("+Inf".into()),
+        None => Value::String("-Inf".into()),
     }
 }
 
@@ -180,7 +185,8 @@ lat_seconds_count{route=\"/v1/users/{name}\"} 2\n";
     fn json_is_keyed_by_sample_name_with_type_help_and_data() {
         let json = to_json(&parse(TEXT));
         assert_eq!(json["pending_callbacks"]["type"], "gauge");
-        assert_eq!(json["pending_callbacks"]["data"][0]["value"], 3.0);
+        assert_eq!(json["pending_callbacks"]["data"][0]["value"], 3);
+        assert_eq!(json["lat_seconds_sum"]["data"][0]["value"], 0.75);
         assert_eq!(json["lat_seconds_count"]["data"][0]["labels"]["route"], "/v1/users/{name}");
         assert_eq!(json["lat_seconds_bucket"]["data"][1]["labels"]["le"], "+Inf");
     }

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 pub struct Reply {
     pub status: u16,
+    /// Status line and headers.
+    pub head: String,
     pub body: String,
 }
 
@@ -19,11 +21,12 @@ pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Reply> {
     let mut raw = String::new();
     stream.read_to_string(&mut raw)?;
     let status = raw.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok(Reply { status, body })
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    Ok(Reply {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    })
 }
 
 /// Polls `GET path` until it answers `status`, for at most `limit`.
@@ -51,6 +54,18 @@ pub fn free_addr() -> SocketAddr {
 
 /// Sends one request with `headers` and `body`; returns status and body.
 pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let content_type: &[(&str, &str)] = if body.is_empty() {
+        &[]
+    } else {
+        &[("Content-Type", "application/json")]
+    };
+    let all: Vec<(&str, &str)> = headers.iter().chain(content_type).copied().collect();
+    request_bytes(addr, method, path, &all, body.as_bytes())
+}
+
+/// Sends one request exactly as given (no headers added but Host, Connection and
+/// Content-Length); returns status, head and body.
+pub fn request_bytes(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
     let mut head = format!(
@@ -60,25 +75,33 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &st
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
-    if !body.is_empty() {
-        head.push_str("Content-Type: application/json\r\n");
-    }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).expect("write head");
-    stream.write_all(body.as_bytes()).expect("write body");
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).expect("read");
+    // The server may answer (413, 401) and close before reading the whole body.
+    let _ = stream.write_all(body);
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let raw = String::from_utf8_lossy(&raw);
     let status = raw.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Reply { status, body }
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    Reply {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    }
 }
 
 impl Reply {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// The value of response header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
     }
 
     /// The On-Premises error code of an error reply.

@@ -2,8 +2,13 @@
 
 mod health;
 mod http;
+mod logging;
 mod serve;
 mod server;
+mod session;
 mod settings;
+mod space;
 mod startup;
+mod stats;
+mod support;
 mod users;

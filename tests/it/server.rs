@@ -14,8 +14,10 @@ pub struct TestServer {
     handle: Option<std::thread::JoinHandle<Result<(), coreq::error::ServeError>>>,
 }
 
-pub fn config(dir: &Path, env: EnvSecrets) -> Config {
-    let cli = <Cli as clap::Parser>::try_parse_from(["coreq", "serve", "--data-dir", dir.to_str().unwrap()]).unwrap();
+/// The configuration of `coreq serve --data-dir <dir> <extra…>` with `env`.
+pub fn config_with(dir: &Path, env: EnvSecrets, extra: &[&str]) -> Config {
+    let args = ["coreq", "serve", "--data-dir", dir.to_str().unwrap()].into_iter().chain(extra.iter().copied());
+    let cli = <Cli as clap::Parser>::try_parse_from(args).unwrap();
     let Command::Serve(args) = cli.command else {
         unreachable!()
     };
@@ -25,7 +27,12 @@ pub fn config(dir: &Path, env: EnvSecrets) -> Config {
 impl TestServer {
     /// Starts `run` on its own runtime thread and waits until it is ready.
     pub fn start(dir: &Path, env: EnvSecrets) -> TestServer {
-        let config = config(dir, env);
+        TestServer::start_with(dir, env, &[])
+    }
+
+    /// Like [`TestServer::start`], with extra `serve` flags.
+    pub fn start_with(dir: &Path, env: EnvSecrets, extra: &[&str]) -> TestServer {
+        let config = config_with(dir, env, extra);
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
@@ -77,9 +84,17 @@ impl Drop for TestServer {
 
 /// Starts the real `coreq serve` binary on `addr` over `dir` and waits until it is ready.
 pub fn spawn_binary(dir: &Path, addr: SocketAddr) -> std::process::Child {
+    spawn_binary_with(dir, addr, &[])
+}
+
+/// Like [`spawn_binary`], with extra environment variables (and without `COREQ_LOG`, so the
+/// log level follows the settings).
+pub fn spawn_binary_with(dir: &Path, addr: SocketAddr, envs: &[(&str, &str)]) -> std::process::Child {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_coreq"))
         .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
         .arg(dir)
+        .env_remove("COREQ_LOG")
+        .envs(envs.iter().copied())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn coreq");
