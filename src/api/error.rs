@@ -24,6 +24,9 @@ pub enum ApiError {
     /// 1006: nothing at this path (or no such resource).
     #[error("not found: {0}")]
     NotFound(String),
+    /// 1006 with 405: the path exists, the method does not (`details` names both).
+    #[error("method not allowed: {0}")]
+    MethodNotAllowed(String),
     /// 1008: a required parameter is missing.
     #[error("{0}: missing")]
     Missing(String),
@@ -95,6 +98,12 @@ impl ApiError {
                 "not allowed for this user's role".into(),
             ),
             NotFound(what) => (S::NOT_FOUND, 1006, "Resource not found", what.clone()),
+            MethodNotAllowed(what) => (
+                S::METHOD_NOT_ALLOWED,
+                1006,
+                "Resource not found",
+                format!("{what}: method not allowed on this path"),
+            ),
             Missing(field) => (
                 S::BAD_REQUEST,
                 1008,
@@ -204,6 +213,25 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for ApiJson {
     }
 }
 
+/// A path parameter, with a bad one (say, percent-encoded bytes that are not UTF-8) refused
+/// as 400/1025 in the envelope instead of axum's plain-text rejection.
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| ApiPath(value))
+            .map_err(|rejection| ApiError::Malformed(format!("path: {}", rejection.body_text())))
+    }
+}
+
 /// Parses JSON, reporting a syntax error with its line and column.
 pub fn parse_json(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| {
@@ -233,6 +261,7 @@ mod tests {
             (ApiError::Unauthorized, 401, 1005),
             (ApiError::Forbidden, 403, 1005),
             (ApiError::NotFound("/x".into()), 404, 1006),
+            (ApiError::MethodNotAllowed("PUT /x".into()), 405, 1006),
             (ApiError::Missing("to".into()), 400, 1008),
             (ApiError::invalid("to", "bad"), 400, 1009),
             (ApiError::Unknown("zzz".into()), 400, 1010),

@@ -97,6 +97,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::routes())
         .merge(stats::routes())
         .merge(ready_only)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(record_request))
         .layer(axum::extract::DefaultBodyLimit::max(error::BODY_LIMIT_BYTES))
         .with_state(state)
@@ -110,6 +111,10 @@ async fn livez() -> &'static str {
 
 async fn not_found(request: Request) -> ApiError {
     ApiError::NotFound(request.uri().path().to_owned())
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{} {}", request.method(), request.uri().path()))
 }
 
 /// Every route but `/livez` answers 503/1011 until recovery has finished.

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::routing::{get, post};
@@ -12,7 +12,7 @@ use coreq_storage::Role;
 use serde_json::{Value, json};
 
 use crate::api::auth::{Admin, Caller, credentials};
-use crate::api::error::{ApiError, body_bytes, parse_json};
+use crate::api::error::{ApiError, ApiPath, body_bytes, parse_json};
 use crate::api::{AppState, meta};
 
 pub fn routes() -> Router<AppState> {
@@ -112,7 +112,7 @@ async fn create(
 async fn read(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     if caller.principal.role != Role::Admin && caller.principal.user != name {
         return Err(ApiError::Forbidden);
@@ -134,7 +134,7 @@ async fn read(
 async fn remove(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     state.services()?.accounts.delete_user(&name).await?;
     Ok(Json(json!({ "meta": meta() })))

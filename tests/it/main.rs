@@ -1,6 +1,7 @@
 //! Black-box tests of the service: the real router on an ephemeral port, and the real binary.
 
 mod health;
+mod hostile;
 mod http;
 mod logging;
 mod serve;
