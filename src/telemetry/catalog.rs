@@ -270,3 +270,22 @@ pub fn upkeep() {
 pub fn area_of(name: &str) -> Option<Area> {
     CATALOG.iter().find(|m| m.name == name).map(|m| m.area)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_lists_every_metric_with_its_type() {
+        let readme = include_str!("../../README.md");
+        for m in CATALOG {
+            let kind = match m.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+                Kind::Histogram => "histogram",
+            };
+            let row = format!("| `{}` | {kind} |", m.name);
+            assert!(readme.contains(&row), "README.md has no row {row}");
+        }
+    }
+}
