@@ -170,7 +170,10 @@ impl std::fmt::Debug for Config {
             .field("checkpoint_interval", &self.checkpoint_interval)
             .field("state_cache_bytes", &self.state_cache_bytes)
             .field("min_free_bytes", &self.min_free_bytes)
-            .field("environment", &self.environment.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field(
+                "environment",
+                &self.environment.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -232,7 +235,10 @@ impl Config {
             return Err(bad("--state-cache-mb/COREQ_STATE_CACHE_MB", "must be 1..=65536"));
         }
         if args.min_free_mb > 1 << 20 {
-            return Err(bad("--min-free-mb/COREQ_MIN_FREE_MB", "must be at most 1048576 (1 TiB)"));
+            return Err(bad(
+                "--min-free-mb/COREQ_MIN_FREE_MB",
+                "must be at most 1048576 (1 TiB)",
+            ));
         }
         Ok(Config {
             listen: args.listen,

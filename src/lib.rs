@@ -12,4 +12,4 @@ mod server;
 pub mod settings;
 pub mod telemetry;
 
-pub use server::{run, shutdown_signal};
+pub use server::{run, run_with_clock, shutdown_signal};

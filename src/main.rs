@@ -43,7 +43,9 @@ fn secrets_from_env() -> EnvSecrets {
         },
         environment: std::env::vars()
             .filter(|(name, _)| {
-                name.starts_with("COREQ_") || name.starts_with("WA_") || matches!(name.as_str(), "LANG" | "LC_ALL" | "LC_MESSAGES")
+                name.starts_with("COREQ_")
+                    || name.starts_with("WA_")
+                    || matches!(name.as_str(), "LANG" | "LC_ALL" | "LC_MESSAGES")
             })
             .collect(),
     }

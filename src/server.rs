@@ -14,10 +14,10 @@ use std::sync::Arc;
 
 use crate::api::{self, AppState, Services};
 use crate::auth::{Accounts, ApiKey};
-use crate::clock::SystemClock;
+use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, GatewayKind};
-use crate::error::ServeError;
 use crate::disk::SpaceGuard;
+use crate::error::ServeError;
 use crate::settings::{AppSettings, Settings};
 use crate::telemetry::{self, catalog, catalog::CHECKPOINT_SECONDS};
 
@@ -27,6 +27,17 @@ pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    run_with_clock(config, listener, shutdown, Arc::new(SystemClock)).await
+}
+
+/// [`run`] with the time source given: tests pass a [`ManualClock`](crate::clock::ManualClock)
+/// to make token expiry (and, later, backoff) exact without waiting.
+pub async fn run_with_clock(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    clock: Arc<dyn Clock>,
 ) -> Result<(), ServeError> {
     if config.gateway != GatewayKind::None {
         return Err(ServeError::Unsupported(
@@ -58,7 +69,7 @@ pub async fn run(
             return Ok(());
         }
     };
-    let accounts = Accounts::new(store.clone(), Arc::new(SystemClock));
+    let accounts = Accounts::new(store.clone(), clock);
     accounts
         .bootstrap(config.admin_password.as_deref())
         .await

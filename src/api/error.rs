@@ -127,7 +127,10 @@ impl ApiError {
                 S::INSUFFICIENT_STORAGE,
                 1014,
                 "Internal error",
-                format!("{volume}: volume has under {} MiB free; writes are refused", min_free >> 20),
+                format!(
+                    "{volume}: volume has under {} MiB free; writes are refused",
+                    min_free >> 20
+                ),
             ),
             Internal(_) => (
                 S::INTERNAL_SERVER_ERROR,
@@ -266,7 +269,14 @@ mod tests {
             (ApiError::invalid("to", "bad"), 400, 1009),
             (ApiError::Unknown("zzz".into()), 400, 1010),
             (ApiError::NotReady("recovering"), 503, 1011),
-            (ApiError::NoSpace { volume: "data", min_free: 10 << 20 }, 507, 1014),
+            (
+                ApiError::NoSpace {
+                    volume: "data",
+                    min_free: 10 << 20,
+                },
+                507,
+                1014,
+            ),
             (ApiError::Internal("x".into()), 500, 1014),
             (ApiError::TooManyRequests, 429, 1015),
             (ApiError::Overloaded("backlog"), 503, 1016),

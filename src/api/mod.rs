@@ -90,7 +90,10 @@ pub fn router(state: AppState) -> Router {
         .merge(settings::routes())
         .merge(support::routes())
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), refuse_writes_without_space))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_writes_without_space,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), require_ready));
     Router::new()
         .route("/livez", get(livez))
@@ -153,8 +156,10 @@ async fn record_request(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
     let elapsed = started.elapsed();
-    metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route.clone(), "status" => status.clone()).increment(1);
-    metrics::histogram!(HTTP_REQUEST_SECONDS, "method" => method, "route" => route.clone()).record(elapsed.as_secs_f64());
+    metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route.clone(), "status" => status.clone())
+        .increment(1);
+    metrics::histogram!(HTTP_REQUEST_SECONDS, "method" => method, "route" => route.clone())
+        .record(elapsed.as_secs_f64());
     tracing::debug!(method, %route, %status, elapsed_us = elapsed.as_micros() as u64, "request");
     response
 }

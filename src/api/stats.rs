@@ -31,15 +31,30 @@ pub fn routes() -> Router<AppState> {
         .route("/metrics", get(all))
 }
 
-async fn app(state: State<AppState>, _: Monitor, RawQuery(query): RawQuery, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn app(
+    state: State<AppState>,
+    _: Monitor,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     answer(&state, &[Area::App], query, &headers).await
 }
 
-async fn db(state: State<AppState>, _: Monitor, RawQuery(query): RawQuery, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn db(
+    state: State<AppState>,
+    _: Monitor,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     answer(&state, &[Area::Db], query, &headers).await
 }
 
-async fn all(state: State<AppState>, _: Monitor, RawQuery(query): RawQuery, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn all(
+    state: State<AppState>,
+    _: Monitor,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     answer(&state, &[Area::App, Area::Db], query, &headers).await
 }
 
@@ -94,7 +109,11 @@ async fn answer(
         Format::Json => {
             let mut stats = Map::new();
             for area in areas {
-                let share: Vec<_> = families.iter().filter(|f| catalog::area_of(&f.name) == Some(*area)).cloned().collect();
+                let share: Vec<_> = families
+                    .iter()
+                    .filter(|f| catalog::area_of(&f.name) == Some(*area))
+                    .cloned()
+                    .collect();
                 stats.insert(area_name(*area).into(), exposition::to_json(&share));
             }
             Json(json!({ "stats": stats, "meta": meta() })).into_response()
@@ -135,20 +154,29 @@ mod tests {
     #[test]
     fn prometheus_scrape_accept_header_selects_text() {
         let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4,*/*;q=0.1";
-        assert_eq!(format(&HashMap::new(), &accept(prometheus)).ok(), Some(Format::Prometheus));
+        assert_eq!(
+            format(&HashMap::new(), &accept(prometheus)).ok(),
+            Some(Format::Prometheus)
+        );
     }
 
     #[test]
     fn curl_and_json_clients_get_json() {
         assert_eq!(format(&HashMap::new(), &accept("*/*")).ok(), Some(Format::Json));
-        assert_eq!(format(&HashMap::new(), &accept("application/json")).ok(), Some(Format::Json));
+        assert_eq!(
+            format(&HashMap::new(), &accept("application/json")).ok(),
+            Some(Format::Json)
+        );
         assert_eq!(format(&HashMap::new(), &HeaderMap::new()).ok(), Some(Format::Json));
     }
 
     #[test]
     fn the_format_parameter_wins_over_accept() {
         let query = HashMap::from([("format".to_owned(), "prometheus".to_owned())]);
-        assert_eq!(format(&query, &accept("application/json")).ok(), Some(Format::Prometheus));
+        assert_eq!(
+            format(&query, &accept("application/json")).ok(),
+            Some(Format::Prometheus)
+        );
     }
 
     #[test]

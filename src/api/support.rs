@@ -151,13 +151,24 @@ fn locale(environment: &[(String, String)]) -> (String, String) {
             .find(|(n, v)| n == name && !v.is_empty())
             .map(|(_, v)| v.as_str())
     };
-    let locale = var("LC_ALL").or_else(|| var("LC_MESSAGES")).or_else(|| var("LANG")).unwrap_or("");
+    let locale = var("LC_ALL")
+        .or_else(|| var("LC_MESSAGES"))
+        .or_else(|| var("LANG"))
+        .unwrap_or("");
     let base = locale.split(['.', '@']).next().unwrap_or("");
     let (language, country) = base.split_once('_').unwrap_or((base, ""));
     let valid = |s: &str, lens: &[usize]| lens.contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphabetic());
     (
-        if valid(language, &[2]) { language.to_ascii_lowercase() } else { "ZZ".into() },
-        if valid(country, &[2, 3]) { country.to_ascii_uppercase() } else { "ZZ".into() },
+        if valid(language, &[2]) {
+            language.to_ascii_lowercase()
+        } else {
+            "ZZ".into()
+        },
+        if valid(country, &[2, 3]) {
+            country.to_ascii_uppercase()
+        } else {
+            "ZZ".into()
+        },
     )
 }
 

@@ -124,9 +124,9 @@ pub fn to_json(families: &[Family]) -> Value {
     let mut out = Map::new();
     for family in families {
         for sample in &family.samples {
-            let entry = out.entry(sample.name.clone()).or_insert_with(|| {
-                json!({ "type": family.kind, "help": family.help, "data": [] })
-            });
+            let entry = out
+                .entry(sample.name.clone())
+                .or_insert_with(|| json!({ "type": family.kind, "help": family.help, "data": [] }));
             let labels: Map<String, Value> = sample
                 .labels
                 .iter()
@@ -169,7 +169,10 @@ lat_seconds_count{route=\"/v1/users/{name}\"} 2\n";
     fn families_keep_their_lines_verbatim() {
         let families = parse(TEXT);
         assert_eq!(families.len(), 2);
-        assert_eq!(families[0].text, "# HELP pending_callbacks Callbacks pending.\n# TYPE pending_callbacks gauge\npending_callbacks 3\n");
+        assert_eq!(
+            families[0].text,
+            "# HELP pending_callbacks Callbacks pending.\n# TYPE pending_callbacks gauge\npending_callbacks 3\n"
+        );
         assert_eq!(families[1].kind, "histogram");
         assert_eq!(families[1].samples.len(), 4);
     }
@@ -187,12 +190,19 @@ lat_seconds_count{route=\"/v1/users/{name}\"} 2\n";
         assert_eq!(json["pending_callbacks"]["type"], "gauge");
         assert_eq!(json["pending_callbacks"]["data"][0]["value"], 3);
         assert_eq!(json["lat_seconds_sum"]["data"][0]["value"], 0.75);
-        assert_eq!(json["lat_seconds_count"]["data"][0]["labels"]["route"], "/v1/users/{name}");
+        assert_eq!(
+            json["lat_seconds_count"]["data"][0]["labels"]["route"],
+            "/v1/users/{name}"
+        );
         assert_eq!(json["lat_seconds_bucket"]["data"][1]["labels"]["le"], "+Inf");
     }
 
     #[test]
     fn unreadable_lines_are_skipped() {
-        assert!(parse("garbage\n{\n x{a=\"unterminated 1\n").iter().all(|f| f.samples.is_empty()));
+        assert!(
+            parse("garbage\n{\n x{a=\"unterminated 1\n")
+                .iter()
+                .all(|f| f.samples.is_empty())
+        );
     }
 }

@@ -51,8 +51,13 @@ pub const WAL_APPEND_SECONDS: &str = "coreq_wal_append_duration_seconds";
 
 /// Version of each area's record format, reported by `/v1/support` as `schema`. Bumped when an
 /// area's `Change` variants or stored values change shape.
-pub const SCHEMA_VERSIONS: [(&str, u32); 5] =
-    [("callback", 1), ("config", 1), ("jobqueue", 1), ("message", 1), ("user", 1)];
+pub const SCHEMA_VERSIONS: [(&str, u32); 5] = [
+    ("callback", 1),
+    ("config", 1),
+    ("jobqueue", 1),
+    ("message", 1),
+    ("user", 1),
+];
 
 /// Where the durable store keeps its files, all under one data directory.
 #[derive(Clone)]

@@ -61,9 +61,16 @@ const KNOWN_FIELDS: &[&str] = &[
 fn snapshot(addr: SocketAddr, admin: &str) -> Value {
     let get = |path: &str| {
         let reply = request(addr, "GET", path, &[("Authorization", admin)], "");
-        json!([reply.status, serde_json::from_str::<Value>(&reply.body).unwrap_or(Value::Null)])
+        json!([
+            reply.status,
+            serde_json::from_str::<Value>(&reply.body).unwrap_or(Value::Null)
+        ])
     };
-    json!([get("/v1/settings/application"), get("/v1/users/alice"), get("/v1/users/admin")])
+    json!([
+        get("/v1/settings/application"),
+        get("/v1/users/alice"),
+        get("/v1/users/admin")
+    ])
 }
 
 fn json_value() -> impl Strategy<Value = Value> {
@@ -73,8 +80,16 @@ fn json_value() -> impl Strategy<Value = Value> {
         any::<i64>().prop_map(Value::from),
         any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         ".{0,40}".prop_map(Value::from),
-        prop::sample::select(vec!["https://example.test/hook?k=v", "http://x", "", "info", "audio", "6", "24"])
-            .prop_map(Value::from),
+        prop::sample::select(vec![
+            "https://example.test/hook?k=v",
+            "http://x",
+            "",
+            "info",
+            "audio",
+            "6",
+            "24"
+        ])
+        .prop_map(Value::from),
     ];
     leaf.prop_recursive(3, 24, 6, |inner| {
         prop_oneof![
@@ -108,7 +123,8 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
 
 fn path() -> impl Strategy<Value = String> {
     let segment = "[a-zA-Z0-9._~%-]{0,24}";
-    let encoded = prop::collection::vec(any::<u8>(), 1..8).prop_map(|bytes| bytes.iter().map(|b| format!("%{b:02X}")).collect::<String>());
+    let encoded = prop::collection::vec(any::<u8>(), 1..8)
+        .prop_map(|bytes| bytes.iter().map(|b| format!("%{b:02X}")).collect::<String>());
     prop_oneof![
         4 => prop::sample::select(ROUTES).prop_map(|(_, p)| p.to_owned()),
         1 => segment.prop_map(|s| format!("/v1/users/{s}")),
@@ -211,13 +227,28 @@ fn arbitrary_requests_get_enveloped_4xx_and_change_nothing() {
                 reply.body
             );
             if reply.status >= 400 && method != "HEAD" {
-                let envelope: Value = serde_json::from_str(&reply.body)
-                    .map_err(|e| TestCaseError::fail(format!("{method} {path} -> {} not JSON ({e}): {}", reply.status, reply.body)))?;
-                prop_assert!(envelope["errors"][0]["code"].is_i64(), "{method} {path}: {}", reply.body);
+                let envelope: Value = serde_json::from_str(&reply.body).map_err(|e| {
+                    TestCaseError::fail(format!(
+                        "{method} {path} -> {} not JSON ({e}): {}",
+                        reply.status, reply.body
+                    ))
+                })?;
+                prop_assert!(
+                    envelope["errors"][0]["code"].is_i64(),
+                    "{method} {path}: {}",
+                    reply.body
+                );
                 prop_assert_eq!(&envelope["meta"]["api_status"], "stable");
             }
             if !(200..300).contains(&reply.status) {
-                prop_assert_eq!(before, snapshot(world.server.addr, &world.admin), "{} {} -> {} changed state", method, path, reply.status);
+                prop_assert_eq!(
+                    before,
+                    snapshot(world.server.addr, &world.admin),
+                    "{} {} -> {} changed state",
+                    method,
+                    path,
+                    reply.status
+                );
             }
             Ok(())
         })

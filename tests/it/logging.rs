@@ -34,7 +34,13 @@ fn verbose_logging_turns_debug_request_logs_on_and_log_level_error_turns_them_of
     let mut child = spawn_binary_with(dir.path(), addr, &[("COREQ_ADMIN_PASSWORD", ADMIN_PASSWORD)]);
     let admin = session::admin(addr);
     let patch = |body: &str| {
-        let reply = request(addr, "PATCH", "/v1/settings/application", &[("Authorization", &admin)], body);
+        let reply = request(
+            addr,
+            "PATCH",
+            "/v1/settings/application",
+            &[("Authorization", &admin)],
+            body,
+        );
         assert_eq!(reply.status, 200, "{}", reply.body);
     };
     request(addr, "GET", "/livez", &[], "");
@@ -48,7 +54,11 @@ fn verbose_logging_turns_debug_request_logs_on_and_log_level_error_turns_them_of
     patch(r#"{"verbose_logging": false, "log_level": "error"}"#);
     request(addr, "GET", "/livez", &[], "");
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(livez_debug_lines(dir.path()), verbose, "debug line after log_level=error");
+    assert_eq!(
+        livez_debug_lines(dir.path()),
+        verbose,
+        "debug line after log_level=error"
+    );
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -4,6 +4,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use coreq::clock::{Clock, SystemClock};
 use coreq::config::{Cli, Command, Config, EnvSecrets};
 
 use crate::http;
@@ -16,7 +19,9 @@ pub struct TestServer {
 
 /// The configuration of `coreq serve --data-dir <dir> <extra…>` with `env`.
 pub fn config_with(dir: &Path, env: EnvSecrets, extra: &[&str]) -> Config {
-    let args = ["coreq", "serve", "--data-dir", dir.to_str().unwrap()].into_iter().chain(extra.iter().copied());
+    let args = ["coreq", "serve", "--data-dir", dir.to_str().unwrap()]
+        .into_iter()
+        .chain(extra.iter().copied());
     let cli = <Cli as clap::Parser>::try_parse_from(args).unwrap();
     let Command::Serve(args) = cli.command else {
         unreachable!()
@@ -32,6 +37,11 @@ impl TestServer {
 
     /// Like [`TestServer::start`], with extra `serve` flags.
     pub fn start_with(dir: &Path, env: EnvSecrets, extra: &[&str]) -> TestServer {
+        TestServer::start_with_clock(dir, env, extra, Arc::new(SystemClock))
+    }
+
+    /// Like [`TestServer::start_with`], on `clock`.
+    pub fn start_with_clock(dir: &Path, env: EnvSecrets, extra: &[&str], clock: Arc<dyn Clock>) -> TestServer {
         let config = config_with(dir, env, extra);
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();
@@ -45,10 +55,10 @@ impl TestServer {
                 .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
-                coreq::run(config, listener, async move {
+                let stopped = async move {
                     let _ = stop_rx.await;
-                })
-                .await
+                };
+                coreq::run_with_clock(config, listener, stopped, clock).await
             })
         });
         // Ready once a route behind the readiness gate answers something other than 503.

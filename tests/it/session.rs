@@ -38,7 +38,13 @@ pub fn basic(user: &str, password: &str) -> String {
 
 /// Logs in and returns the `Authorization` value `Bearer <token>`.
 pub fn bearer(addr: SocketAddr, user: &str, password: &str) -> String {
-    let reply = request(addr, "POST", "/v1/users/login", &[("Authorization", &basic(user, password))], "");
+    let reply = request(
+        addr,
+        "POST",
+        "/v1/users/login",
+        &[("Authorization", &basic(user, password))],
+        "",
+    );
     assert_eq!(reply.status, 200, "login {user}: {}", reply.body);
     format!("Bearer {}", reply.json()["users"][0]["token"].as_str().expect("token"))
 }

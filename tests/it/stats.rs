@@ -10,8 +10,7 @@ use crate::server::{TestServer, seed_callbacks};
 use crate::session;
 
 /// What Prometheus 2.x sends as `Accept` when it scrapes.
-const PROMETHEUS_ACCEPT: &str =
-    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
 fn get(server: &TestServer, path: &str, headers: &[(&str, &str)]) -> Reply {
     let reply = request(server.addr, "GET", path, headers, "");
@@ -70,10 +69,24 @@ fn format_prometheus_gives_the_text_exposition() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), session::env());
     let reply = apikey_get(&server, "/v1/stats/db?format=prometheus");
-    assert!(reply.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
-    assert!(reply.body.contains("# TYPE db_pending_callbacks gauge\n"), "{}", reply.body);
+    assert!(
+        reply
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    assert!(
+        reply.body.contains("# TYPE db_pending_callbacks gauge\n"),
+        "{}",
+        reply.body
+    );
     assert_eq!(sample(&reply.body, "db_pending_callbacks", ""), Some(0.0));
-    assert_eq!(sample(&reply.body, "pending_messages", ""), None, "app metric in db: {}", reply.body);
+    assert_eq!(
+        sample(&reply.body, "pending_messages", ""),
+        None,
+        "app metric in db: {}",
+        reply.body
+    );
 }
 
 #[test]
@@ -86,9 +99,18 @@ fn metrics_answers_a_prometheus_scrape_with_text_and_anything_else_with_json() {
         &[("Authorization", &session::apikey()), ("Accept", PROMETHEUS_ACCEPT)],
     );
     assert!(scrape.header("content-type").unwrap().starts_with("text/plain"));
-    assert!(sample(&scrape.body, "pending_callbacks", "").is_some(), "{}", scrape.body);
+    assert!(
+        sample(&scrape.body, "pending_callbacks", "").is_some(),
+        "{}",
+        scrape.body
+    );
     assert!(sample(&scrape.body, "db_pending_callbacks", "").is_some());
-    let json = get(&server, "/metrics", &[("Authorization", &session::apikey()), ("Accept", "*/*")]).json();
+    let json = get(
+        &server,
+        "/metrics",
+        &[("Authorization", &session::apikey()), ("Accept", "*/*")],
+    )
+    .json();
     assert!(json["stats"]["app"]["pending_callbacks"].is_object(), "{json}");
     assert!(json["stats"]["db"]["db_pending_callbacks"].is_object(), "{json}");
 }
@@ -105,7 +127,12 @@ fn an_unknown_format_is_400_1009_naming_format() {
         "",
     );
     assert_eq!((reply.status, reply.code()), (400, 1009));
-    assert!(reply.json()["errors"][0]["details"].as_str().unwrap().starts_with("format"));
+    assert!(
+        reply.json()["errors"][0]["details"]
+            .as_str()
+            .unwrap()
+            .starts_with("format")
+    );
 }
 
 #[test]
@@ -147,7 +174,13 @@ fn requests_are_counted_by_route_template_not_raw_path() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), session::env());
     let admin = session::admin(server.addr);
-    let counted = |text: &str| sample(text, "coreq_http_requests_total", r#"method="GET",route="/v1/users/{name}",status="200""#);
+    let counted = |text: &str| {
+        sample(
+            text,
+            "coreq_http_requests_total",
+            r#"method="GET",route="/v1/users/{name}",status="200""#,
+        )
+    };
     let before = counted(&apikey_get(&server, "/metrics?format=prometheus").body).unwrap_or(0.0);
     for _ in 0..3 {
         get(&server, "/v1/users/admin", &[("Authorization", &admin)]);
@@ -156,7 +189,10 @@ fn requests_are_counted_by_route_template_not_raw_path() {
     // Other tests in this process may add to the same series, never take from it.
     assert!(counted(&text).unwrap() >= before + 3.0, "{text}");
     assert!(!text.contains(r#"route="/v1/users/admin""#), "raw path used as a label");
-    assert!(text.contains("# TYPE coreq_http_request_duration_seconds histogram"), "{text}");
+    assert!(
+        text.contains("# TYPE coreq_http_request_duration_seconds histogram"),
+        "{text}"
+    );
 }
 
 #[test]

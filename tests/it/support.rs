@@ -73,7 +73,10 @@ fn support_env_shows_coreq_variables_with_every_secret_masked() {
     }
     let env: Vec<String> = serde_json::from_value(reply.json()["support"]["env"].clone()).unwrap();
     assert!(env.contains(&"WA_API_KEY=****".to_owned()), "{env:?}");
-    assert!(env.contains(&"COREQ_DATABASE_URL=postgres://****@db.local/coreq".to_owned()), "{env:?}");
+    assert!(
+        env.contains(&"COREQ_DATABASE_URL=postgres://****@db.local/coreq".to_owned()),
+        "{env:?}"
+    );
     assert!(env.contains(&"COREQ_LISTEN=127.0.0.1:8080".to_owned()), "{env:?}");
 }
 

@@ -321,6 +321,31 @@ fn missing_bad_and_apikey_credentials_are_401_on_user_management() {
 }
 
 #[test]
+fn an_expired_token_is_401_on_every_node_it_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = std::sync::Arc::new(coreq::clock::ManualClock::default());
+    let server = TestServer::start_with_clock(dir.path(), crate::session::env(), &[], clock.clone());
+    let admin = crate::session::admin(server.addr);
+    let paths = [
+        "/v1/users/admin",
+        "/v1/settings/application",
+        "/v1/support",
+        "/v1/health",
+        "/metrics",
+    ];
+    clock.advance(std::time::Duration::from_secs(7 * 24 * 3600 - 60));
+    for path in paths {
+        let reply = request(server.addr, "GET", path, &[("Authorization", &admin)], "");
+        assert_eq!(reply.status, 200, "{path} a minute before expiry: {}", reply.body);
+    }
+    clock.advance(std::time::Duration::from_secs(61));
+    for path in paths {
+        let reply = request(server.addr, "GET", path, &[("Authorization", &admin)], "");
+        assert_eq!((reply.status, reply.code()), (401, 1005), "{path} after expiry");
+    }
+}
+
+#[test]
 fn initial_admin_password_from_the_environment_needs_no_change() {
     let dir = tempfile::tempdir().unwrap();
     let env = EnvSecrets {
