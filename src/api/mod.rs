@@ -134,12 +134,12 @@ async fn require_ready(State(state): State<AppState>, request: Request, next: Ne
 async fn refuse_writes_without_space(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let reads = matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let session = matches!(request.uri().path(), "/v1/users/login" | "/v1/users/logout");
-    if !reads && !session {
-        if let Ok(services) = state.services() {
-            if let Err(LowSpace { volume, min_free }) = services.space.check() {
-                return ApiError::NoSpace { volume, min_free }.into_response();
-            }
-        }
+    if !reads
+        && !session
+        && let Ok(services) = state.services()
+        && let Err(LowSpace { volume, min_free }) = services.space.check()
+    {
+        return ApiError::NoSpace { volume, min_free }.into_response();
     }
     next.run(request).await
 }
