@@ -18,7 +18,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, GatewayKind};
 use crate::disk::SpaceGuard;
 use crate::error::ServeError;
-use crate::settings::{AppSettings, Settings};
+use crate::settings::Settings;
 use crate::telemetry::{self, catalog, catalog::CHECKPOINT_SECONDS};
 
 /// Runs the service on `listener` until `shutdown` resolves. Returns an error (and the process
@@ -76,7 +76,8 @@ pub async fn run_with_clock(
         .map_err(|e| ServeError::Task(format!("creating the admin account: {e}")))?;
     let settings = Settings::open(store.clone(), config.allow_http_webhooks)
         .map_err(|e| ServeError::Task(format!("reading the settings: {e}")))?;
-    tokio::spawn(follow_log_settings(settings.subscribe()));
+    let current = settings.current().map_err(|e| ServeError::Task(format!("reading the settings: {e}")))?;
+    telemetry::follow_settings(&current.log_level, current.verbose_logging);
     tokio::spawn(metrics_upkeep(stop_rx.clone()));
     let space = SpaceGuard::new(&config.data_dir, &config.log_dir, config.min_free_bytes);
     let checkpoint_interval = config.checkpoint_interval;
@@ -136,20 +137,6 @@ async fn checkpoint(store: &Store) -> Result<(), ServeError> {
         .map_err(|e| ServeError::Task(e.to_string()))??;
     metrics::histogram!(CHECKPOINT_SECONDS).record(started.elapsed().as_secs_f64());
     Ok(())
-}
-
-/// Keeps the log filter on the `log_level` / `verbose_logging` settings, live.
-async fn follow_log_settings(mut settings: watch::Receiver<AppSettings>) {
-    loop {
-        let (level, verbose) = {
-            let current = settings.borrow_and_update();
-            (current.log_level.clone(), current.verbose_logging)
-        };
-        telemetry::follow_settings(&level, verbose);
-        if settings.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 /// Drains the exporter's histogram buffers every few seconds (its owner's job).

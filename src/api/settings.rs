@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::api::auth::Admin;
 use crate::api::error::{ApiError, ApiJson};
 use crate::api::{AppState, meta};
-use crate::settings::{PatchError, SettingsError};
+use crate::settings::{AppSettings, PatchError, SettingsError};
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/settings/application", get(read).patch(patch).delete(reset))
@@ -36,11 +36,19 @@ async fn patch(State(state): State<AppState>, _admin: Admin, ApiJson(body): ApiJ
     let Value::Object(patch) = body else {
         return Err(ApiError::Malformed("body: must be a JSON object".into()));
     };
-    state.services()?.settings.patch(&patch).await?;
+    let now = state.services()?.settings.patch(&patch).await?;
+    applied_live(&now);
     Ok(Json(json!({ "meta": meta() })))
 }
 
 async fn reset(State(state): State<AppState>, _admin: Admin) -> Result<Json<Value>, ApiError> {
-    state.services()?.settings.reset().await?;
+    let now = state.services()?.settings.reset().await?;
+    applied_live(&now);
     Ok(Json(json!({ "meta": meta() })))
+}
+
+/// Settings that take effect without a restart, applied before the 200 so that the caller can
+/// rely on them at once.
+fn applied_live(settings: &AppSettings) {
+    crate::telemetry::follow_settings(&settings.log_level, settings.verbose_logging);
 }
