@@ -1,0 +1,1 @@
+//! coreq's load generator and webhook receiver (being written).
