@@ -79,6 +79,18 @@ pub struct ServeArgs {
     /// MiB.
     #[arg(long, env = "COREQ_MIN_FREE_MB", default_value = "10")]
     pub min_free_mb: u64,
+    /// Per-request timeout of webhook calls, in milliseconds.
+    #[arg(long, env = "COREQ_WEBHOOK_TIMEOUT_MS", default_value = "30000")]
+    pub webhook_timeout_ms: u64,
+    /// Most callbacks held in memory by the dispatcher; the rest of the backlog stays on disk.
+    #[arg(long, env = "COREQ_CALLBACK_WINDOW", default_value = "4096")]
+    pub callback_window: usize,
+    /// Most callback body bytes held in memory by the dispatcher, in MiB.
+    #[arg(long, env = "COREQ_CALLBACK_WINDOW_MB", default_value = "32")]
+    pub callback_window_mb: usize,
+    /// Pending callbacks above which enqueues are refused with 503/1016.
+    #[arg(long, env = "COREQ_CALLBACK_HIGH_WATER", default_value = "10000000")]
+    pub callback_high_water: u64,
 }
 
 /// The On-Premises database variables (spec §1), read by `main` alongside the flags.
@@ -151,6 +163,8 @@ pub struct Config {
     pub min_free_bytes: u64,
     /// See [`EnvSecrets::environment`].
     pub environment: Vec<(String, String)>,
+    pub webhook_timeout: Duration,
+    pub delivery: crate::delivery::DeliveryConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -170,6 +184,8 @@ impl std::fmt::Debug for Config {
             .field("checkpoint_interval", &self.checkpoint_interval)
             .field("state_cache_bytes", &self.state_cache_bytes)
             .field("min_free_bytes", &self.min_free_bytes)
+            .field("webhook_timeout", &self.webhook_timeout)
+            .field("delivery", &self.delivery)
             .field(
                 "environment",
                 &self.environment.iter().map(|(k, _)| k).collect::<Vec<_>>(),
@@ -240,6 +256,24 @@ impl Config {
                 "must be at most 1048576 (1 TiB)",
             ));
         }
+        if !(1..=600_000).contains(&args.webhook_timeout_ms) {
+            return Err(bad(
+                "--webhook-timeout-ms/COREQ_WEBHOOK_TIMEOUT_MS",
+                "must be 1..=600000",
+            ));
+        }
+        if !(1..=1_000_000).contains(&args.callback_window) {
+            return Err(bad("--callback-window/COREQ_CALLBACK_WINDOW", "must be 1..=1000000"));
+        }
+        if !(1..=4096).contains(&args.callback_window_mb) {
+            return Err(bad("--callback-window-mb/COREQ_CALLBACK_WINDOW_MB", "must be 1..=4096"));
+        }
+        if args.callback_high_water == 0 {
+            return Err(bad(
+                "--callback-high-water/COREQ_CALLBACK_HIGH_WATER",
+                "must be at least 1",
+            ));
+        }
         Ok(Config {
             listen: args.listen,
             data_dir: args.data_dir,
@@ -256,6 +290,12 @@ impl Config {
             state_cache_bytes: args.state_cache_mb << 20,
             min_free_bytes: args.min_free_mb << 20,
             environment: env.environment,
+            webhook_timeout: Duration::from_millis(args.webhook_timeout_ms),
+            delivery: crate::delivery::DeliveryConfig {
+                window_callbacks: args.callback_window,
+                window_bytes: args.callback_window_mb << 20,
+                high_water: args.callback_high_water,
+            },
         })
     }
 

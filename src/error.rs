@@ -11,6 +11,8 @@ pub enum ServeError {
     Storage(#[from] coreq_storage::StorageError),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Webhook(#[from] crate::delivery::webhook::WebhookSetupError),
     /// A background task ended abnormally (panicked or was cancelled).
     #[error("task failed: {0}")]
     Task(String),

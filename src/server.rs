@@ -16,6 +16,8 @@ use crate::api::{self, AppState, Services};
 use crate::auth::{Accounts, ApiKey};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, GatewayKind};
+use crate::delivery::webhook::WebhookClient;
+use crate::delivery::{self, Delivery};
 use crate::disk::SpaceGuard;
 use crate::error::ServeError;
 use crate::settings::Settings;
@@ -69,17 +71,29 @@ pub async fn run_with_clock(
             return Ok(());
         }
     };
-    let accounts = Accounts::new(store.clone(), clock);
+    let accounts = Accounts::new(store.clone(), clock.clone());
     accounts
         .bootstrap(config.admin_password.as_deref())
         .await
         .map_err(|e| ServeError::Task(format!("creating the admin account: {e}")))?;
     let settings = Settings::open(store.clone(), config.allow_http_webhooks)
         .map_err(|e| ServeError::Task(format!("reading the settings: {e}")))?;
-    let current = settings.current().map_err(|e| ServeError::Task(format!("reading the settings: {e}")))?;
+    let current = settings
+        .current()
+        .map_err(|e| ServeError::Task(format!("reading the settings: {e}")))?;
     telemetry::follow_settings(&current.log_level, current.verbose_logging);
     tokio::spawn(metrics_upkeep(stop_rx.clone()));
     let space = SpaceGuard::new(&config.data_dir, &config.log_dir, config.min_free_bytes);
+    let client = WebhookClient::new(config.webhook_timeout, config.webhook_ca.as_deref())?;
+    let queue = delivery::queue_for(&store, current.callback_persist).await?;
+    let (delivery, dispatcher) = Delivery::start(
+        queue,
+        client,
+        clock,
+        settings.subscribe(),
+        config.delivery.clone(),
+        stop_rx.clone(),
+    );
     let checkpoint_interval = config.checkpoint_interval;
     state.set_ready(Services {
         config: Arc::new(config),
@@ -87,6 +101,7 @@ pub async fn run_with_clock(
         accounts,
         settings,
         space,
+        delivery,
     });
     tracing::info!("coreq ready");
 
@@ -99,6 +114,7 @@ pub async fn run_with_clock(
     tracing::info!("coreq shutting down");
     let _ = stop_tx.send(true);
     let _ = server.await;
+    let _ = dispatcher.await;
     if outcome.is_ok() {
         checkpoint(&store).await?;
     }

@@ -1,11 +1,13 @@
 //! The HTTP API (axum). Only this module knows HTTP. One file per On-Premises node:
 //! `users.rs` (login, logout, user management), `settings.rs` (application settings),
-//! `health.rs` (answers during recovery too), `support.rs`, `stats.rs` (stats and `/metrics`).
+//! `health.rs` (answers during recovery too), `support.rs`, `stats.rs` (stats and `/metrics`),
+//! `callbacks.rs` (the callback queue).
 //! `error.rs` is the one place errors become responses; `auth.rs` turns credentials into a
 //! caller. Two middlewares wrap every route: request metrics and logging (`record_request`),
 //! and the free-space guard on writes (`refuse_writes_without_space`).
 
 pub mod auth;
+mod callbacks;
 pub mod error;
 mod health;
 mod settings;
@@ -27,6 +29,7 @@ use serde_json::{Value, json};
 
 use crate::auth::{Accounts, ApiKey};
 use crate::config::Config;
+use crate::delivery::Delivery;
 use crate::disk::{LowSpace, SpaceGuard};
 use crate::settings::Settings;
 use crate::telemetry::catalog::{HTTP_REQUEST_SECONDS, HTTP_REQUESTS};
@@ -39,6 +42,7 @@ pub struct Services {
     pub accounts: Accounts,
     pub settings: Settings,
     pub space: SpaceGuard,
+    pub delivery: Delivery,
 }
 
 /// What handlers share. The API key is known from the start; the services appear once
@@ -89,6 +93,7 @@ pub fn router(state: AppState) -> Router {
     let ready_only = users::routes()
         .merge(settings::routes())
         .merge(support::routes())
+        .merge(callbacks::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -131,9 +131,15 @@ fn area_name(area: Area) -> &'static str {
 /// The levels of the answering server.
 fn levels(services: &Services) -> Levels {
     let store = &services.store;
+    let delivery = &services.delivery;
+    let oldest_pending_age_seconds = match delivery.head() {
+        Ok(Some(head)) => delivery.now_ms().saturating_sub(head.enqueued_at) as f64 / 1000.0,
+        _ => 0.0,
+    };
     Levels {
-        pending_callbacks: store.pending_callback_count(),
-        in_flight_callbacks: 0,
+        pending_callbacks: delivery.pending_count(),
+        in_flight_callbacks: delivery.in_flight(),
+        oldest_pending_age_seconds,
         pending_messages: store.send_queue_len(),
         stored_messages: store.message_count(),
         wal: store.wal_stats(),

@@ -12,7 +12,6 @@ use time::format_description::well_known::Rfc3339;
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
 use crate::api::{AppState, Services, meta};
-use crate::clock::{Clock, SystemClock};
 use crate::config::GatewayKind;
 
 pub fn routes() -> Router<AppState> {
@@ -87,11 +86,12 @@ fn wal(services: &Services) -> Value {
 }
 
 fn callbacks(services: &Services) -> Result<Value, ApiError> {
-    let head = services.store.pending_callbacks(None, 1)?.into_iter().next();
-    let now = SystemClock.now_ms();
+    let delivery = &services.delivery;
+    let head = delivery.head()?;
+    let now = delivery.now_ms();
     Ok(json!({
-        "pending": services.store.pending_callback_count(),
-        "in_flight": 0,
+        "pending": delivery.pending_count(),
+        "in_flight": delivery.in_flight(),
         "oldest_pending_age_seconds": head.as_ref().map(|h| now.saturating_sub(h.enqueued_at) / 1000),
         "head": head.map(|h| json!({ "id": h.seq.to_string(), "attempts": h.attempts.failures })),
     }))

@@ -41,6 +41,13 @@ pub struct MetricDef {
 pub const HTTP_REQUESTS: &str = "coreq_http_requests_total";
 pub const HTTP_REQUEST_SECONDS: &str = "coreq_http_request_duration_seconds";
 pub const CHECKPOINT_SECONDS: &str = "coreq_checkpoint_duration_seconds";
+/// The On-Premises `callback_requests_duration_ms`, in seconds as Prometheus requires (the JSON
+/// stats also show it under its On-Premises name, in milliseconds: see `exposition`).
+pub const CALLBACK_REQUEST_SECONDS: &str = "callback_requests_duration_seconds";
+pub const CALLBACK_DELIVERY_SECONDS: &str = "coreq_callback_delivery_latency_seconds";
+pub const CALLBACK_ATTEMPTS: &str = "coreq_callback_attempts_total";
+pub const CALLBACK_RETRIES: &str = "coreq_callback_retries_total";
+pub const CALLBACKS_DROPPED: &str = "coreq_callbacks_dropped_total";
 
 const fn def(name: &'static str, kind: Kind, area: Area, labels: &'static str, help: &'static str) -> MetricDef {
     MetricDef {
@@ -104,7 +111,56 @@ pub const CATALOG: &[MetricDef] = &[
         "type",
         "Messages in the durable store, by type (outgoing).",
     ),
+    def(
+        CALLBACK_REQUEST_SECONDS,
+        Kind::Histogram,
+        Area::App,
+        "result, type",
+        "Webhook requests by result (success, the HTTP status, timeout, connect_error, transport_error) and callback type (inbound_message, status_change, service, other).",
+    ),
     // coreq's own.
+    def(
+        CALLBACK_DELIVERY_SECONDS,
+        Kind::Histogram,
+        Area::App,
+        "",
+        "Seconds from a callback's enqueue to the webhook's 200.",
+    ),
+    def(
+        CALLBACK_ATTEMPTS,
+        Kind::Counter,
+        Area::App,
+        "result",
+        "Webhook delivery attempts by result.",
+    ),
+    def(
+        CALLBACK_RETRIES,
+        Kind::Counter,
+        Area::App,
+        "",
+        "Delivery attempts of callbacks that had failed before.",
+    ),
+    def(
+        CALLBACKS_DROPPED,
+        Kind::Counter,
+        Area::App,
+        "reason",
+        "Callbacks removed without delivery: no_webhook_url, or deleted by an operator.",
+    ),
+    def(
+        "coreq_callbacks_in_flight",
+        Kind::Gauge,
+        Area::App,
+        "",
+        "Webhook requests in flight.",
+    ),
+    def(
+        "coreq_callback_oldest_pending_age_seconds",
+        Kind::Gauge,
+        Area::App,
+        "",
+        "Age of the oldest pending callback (0 when none).",
+    ),
     def(
         "coreq_build_info",
         Kind::Gauge,
@@ -224,6 +280,7 @@ pub struct Levels {
     pub in_flight_callbacks: u64,
     pub pending_messages: u64,
     pub stored_messages: u64,
+    pub oldest_pending_age_seconds: f64,
     pub wal: Option<coreq_wal::WalStats>,
     pub free_space: Vec<(&'static str, u64)>,
 }
@@ -243,6 +300,8 @@ fn set_levels(levels: &Levels) {
     let waiting = levels.pending_callbacks.saturating_sub(levels.in_flight_callbacks);
     gauge!("callback_queue_size").set(waiting as f64);
     gauge!("pending_callbacks").set(levels.pending_callbacks as f64);
+    gauge!("coreq_callbacks_in_flight").set(levels.in_flight_callbacks as f64);
+    gauge!("coreq_callback_oldest_pending_age_seconds").set(levels.oldest_pending_age_seconds);
     gauge!("pending_messages").set(levels.pending_messages as f64);
     gauge!("out_message_persisted").set(levels.stored_messages as f64);
     gauge!("db_pending_callbacks").set(levels.pending_callbacks as f64);

@@ -118,27 +118,50 @@ fn parse_labels(mut s: &str) -> Option<(Vec<(String, String)>, &str)> {
     }
 }
 
+/// Series the On-Premises API names in milliseconds. Prometheus text must use base units
+/// (promtool refuses `_ms`), so the exporter has them in seconds and the JSON shows both.
+const MILLISECOND_ALIASES: [(&str, &str); 2] = [
+    (
+        "callback_requests_duration_seconds_count",
+        "callback_requests_duration_ms_count",
+    ),
+    (
+        "callback_requests_duration_seconds_sum",
+        "callback_requests_duration_ms_sum",
+    ),
+];
+
 /// The families as On-Premises stats JSON, keyed by sample name (so a histogram shows as
 /// `<name>_bucket`, `<name>_sum` and `<name>_count`, the way the On-Premises API names them).
 pub fn to_json(families: &[Family]) -> Value {
     let mut out = Map::new();
     for family in families {
         for sample in &family.samples {
-            let entry = out
-                .entry(sample.name.clone())
-                .or_insert_with(|| json!({ "type": family.kind, "help": family.help, "data": [] }));
-            let labels: Map<String, Value> = sample
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                .collect();
-            let value = number(sample.value);
-            if let Some(data) = entry.get_mut("data").and_then(Value::as_array_mut) {
-                data.push(json!({ "labels": labels, "value": value }));
+            if let Some((_, alias)) = MILLISECOND_ALIASES.iter().find(|(name, _)| *name == sample.name) {
+                let value = if alias.ends_with("_sum") {
+                    sample.value * 1000.0
+                } else {
+                    sample.value
+                };
+                push(&mut out, alias, family, &sample.labels, value);
             }
+            push(&mut out, &sample.name, family, &sample.labels, sample.value);
         }
     }
     Value::Object(out)
+}
+
+fn push(out: &mut Map<String, Value>, name: &str, family: &Family, labels: &[(String, String)], value: f64) {
+    let entry = out
+        .entry(name.to_owned())
+        .or_insert_with(|| json!({ "type": family.kind, "help": family.help, "data": [] }));
+    let labels: Map<String, Value> = labels
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    if let Some(data) = entry.get_mut("data").and_then(Value::as_array_mut) {
+        data.push(json!({ "labels": labels, "value": number(value) }));
+    }
 }
 
 /// Whole values (counts, sizes) as JSON integers; others as floats; NaN and infinities as

@@ -1,0 +1,401 @@
+//! The dispatcher: one task that owns the delivery order (spec §8).
+//!
+//! - FIFO: callbacks start in enqueue order, at most `webhooks.max_concurrent_requests` at once.
+//! - Hold: once an attempt is seen to fail, nothing newer than the oldest failed callback starts
+//!   until every failed one has succeeded; requests already in flight finish. Failed callbacks
+//!   are retried oldest first, each when its backoff `min(n × delay, max)` has passed.
+//! - Window: only a bounded slice of the queue is in memory (by count and bytes); the backlog
+//!   stays in the store and is read in order as the window drains.
+//! - Durability: success and failure are recorded lazily (they ride the next group commit); a
+//!   crash may repeat a callback, never lose one. Attempt counts come back from the store, so
+//!   backoff resumes where it stopped.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use coreq_storage::{Attempts, CallbackSeq, PendingCallback, Store};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::clock::Clock;
+use crate::delivery::webhook::{Failure, WebhookClient};
+use crate::delivery::{Command, DeliveryConfig, Shared};
+use crate::settings::AppSettings;
+use crate::telemetry::catalog::{
+    CALLBACK_ATTEMPTS, CALLBACK_DELIVERY_SECONDS, CALLBACK_REQUEST_SECONDS, CALLBACK_RETRIES, CALLBACKS_DROPPED,
+};
+
+/// The longest the dispatcher sleeps without looking at the clock again. Retry times are
+/// wall-clock times from the injected [`Clock`]; polling at this period lets a test's manual
+/// clock move them without the dispatcher knowing about it.
+const CLOCK_POLL: Duration = Duration::from_millis(100);
+
+/// A callback in memory: its stored form plus what the dispatcher derives once.
+struct Entry {
+    seq: CallbackSeq,
+    enqueued_at: u64,
+    body: Bytes,
+    attempts: Attempts,
+    kind: &'static str,
+}
+
+impl Entry {
+    fn new(cb: PendingCallback) -> Entry {
+        let kind = kind_of(&cb.body);
+        Entry {
+            seq: cb.seq,
+            enqueued_at: cb.enqueued_at,
+            body: Bytes::from(cb.body),
+            attempts: cb.attempts,
+            kind,
+        }
+    }
+}
+
+/// What an attempt came to, with the entry handed back.
+struct Attempted {
+    entry: Entry,
+    outcome: Result<(), Failure>,
+    elapsed: Duration,
+}
+
+pub(super) struct Dispatcher {
+    queue: Store,
+    client: WebhookClient,
+    clock: Arc<dyn Clock>,
+    settings: watch::Receiver<AppSettings>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    shared: Arc<Shared>,
+    config: DeliveryConfig,
+    /// Loaded, never attempted in this window, in seq order.
+    fresh: BTreeMap<CallbackSeq, Entry>,
+    /// Failed at least once and waiting for their retry, in seq order.
+    failed: BTreeMap<CallbackSeq, Entry>,
+    /// Seqs with a request in flight.
+    in_flight: HashSet<CallbackSeq>,
+    /// The failed callbacks among those in flight (retries): they hold the line like the
+    /// waiting ones until they succeed.
+    retrying: BTreeSet<CallbackSeq>,
+    /// In-flight seqs deleted by an operator: their outcome is ignored.
+    deleted_in_flight: HashSet<CallbackSeq>,
+    requests: JoinSet<Attempted>,
+    /// The highest seq loaded from the store.
+    cursor: Option<CallbackSeq>,
+    /// Body bytes held in memory (fresh, failed and in flight).
+    held_bytes: usize,
+    /// False once a read found nothing more; set again by every enqueue.
+    more_in_store: bool,
+}
+
+impl Dispatcher {
+    pub(super) fn new(
+        queue: Store,
+        client: WebhookClient,
+        clock: Arc<dyn Clock>,
+        settings: watch::Receiver<AppSettings>,
+        commands: mpsc::UnboundedReceiver<Command>,
+        shared: Arc<Shared>,
+        config: DeliveryConfig,
+    ) -> Dispatcher {
+        Dispatcher {
+            queue,
+            client,
+            clock,
+            settings,
+            commands,
+            shared,
+            config,
+            fresh: BTreeMap::new(),
+            failed: BTreeMap::new(),
+            in_flight: HashSet::new(),
+            retrying: BTreeSet::new(),
+            deleted_in_flight: HashSet::new(),
+            requests: JoinSet::new(),
+            cursor: None,
+            held_bytes: 0,
+            more_in_store: true,
+        }
+    }
+
+    /// Runs until `stop` is set. Requests in flight then are abandoned: their callbacks stay
+    /// pending and are sent again after the restart.
+    pub(super) async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.step() {
+                // The store is poisoned or broken: nothing can be recorded any more. The
+                // checkpoint loop stops the service on the same failure.
+                tracing::error!(error = %e, "dispatcher: store failed; delivery stopped");
+                return;
+            }
+            let retry_in = self.next_retry_in();
+            tokio::select! {
+                Some(done) = self.requests.join_next(), if !self.requests.is_empty() => match done {
+                    Ok(attempted) => self.finish(attempted),
+                    Err(e) => tracing::error!(error = %e, "dispatcher: request task failed"),
+                },
+                Some(command) = self.commands.recv() => self.command(command),
+                () = self.shared.enqueued.notified() => self.more_in_store = true,
+                changed = self.settings.changed() => {
+                    if changed.is_err() { return; }
+                    self.settings_changed();
+                }
+                () = tokio::time::sleep(retry_in) => {}
+                _ = stop.wait_for(|stopped| *stopped) => return,
+            }
+        }
+    }
+
+    /// Loads what fits, drops what has nowhere to go, starts what may start.
+    fn step(&mut self) -> coreq_storage::Result<()> {
+        self.refill()?;
+        let settings = self.settings.borrow().clone();
+        match settings.webhook_url.as_deref() {
+            None => self.drop_all_loaded()?,
+            Some(url) => self.start_due(url, &settings),
+        }
+        self.shared
+            .in_flight
+            .store(self.in_flight.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn refill(&mut self) -> coreq_storage::Result<()> {
+        while self.more_in_store
+            && self.fresh.len() + self.failed.len() < self.config.window_callbacks
+            && self.held_bytes < self.config.window_bytes
+        {
+            let want = (self.config.window_callbacks - self.fresh.len() - self.failed.len()).min(256);
+            let batch = self.queue.pending_callbacks(self.cursor, want)?;
+            if batch.len() < want {
+                self.more_in_store = false;
+            }
+            for cb in batch {
+                self.cursor = Some(cb.seq);
+                self.held_bytes += cb.body.len();
+                let entry = Entry::new(cb);
+                // Attempt counts survive restarts: a callback that had failed resumes its backoff.
+                if entry.attempts.failures > 0 {
+                    self.failed.insert(entry.seq, entry);
+                } else {
+                    self.fresh.insert(entry.seq, entry);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// No webhook URL: callbacks are dropped and counted (spec §8, as On-Premises does).
+    fn drop_all_loaded(&mut self) -> coreq_storage::Result<()> {
+        let loaded: Vec<Entry> = std::mem::take(&mut self.fresh)
+            .into_values()
+            .chain(std::mem::take(&mut self.failed).into_values())
+            .collect();
+        for entry in loaded {
+            self.queue.mark_delivered_lazy(entry.seq)?;
+            self.held_bytes -= entry.body.len();
+            metrics::counter!(CALLBACKS_DROPPED, "reason" => "no_webhook_url").increment(1);
+        }
+        Ok(())
+    }
+
+    fn start_due(&mut self, url: &str, settings: &AppSettings) {
+        let limit = settings.max_concurrent_requests as usize;
+        let now = self.clock.now_ms();
+        while self.in_flight.len() < limit {
+            let Some(entry) = self.next_to_start(now) else {
+                return;
+            };
+            self.start(entry, url, settings);
+        }
+    }
+
+    /// The oldest waiting failed callback, once due; else, if no failed callback (waiting or
+    /// being retried) is older than it, the oldest fresh one.
+    fn next_to_start(&mut self, now: u64) -> Option<Entry> {
+        if let Some((&seq, failed)) = self.failed.iter().next()
+            && failed.attempts.next_attempt_at.unwrap_or(0) <= now
+        {
+            self.retrying.insert(seq);
+            return self.failed.remove(&seq);
+        }
+        let oldest_failed = [self.failed.keys().next(), self.retrying.first()]
+            .into_iter()
+            .flatten()
+            .min()
+            .copied();
+        let first_fresh = self.fresh.keys().next().copied()?;
+        if oldest_failed.is_some_and(|failed| failed < first_fresh) {
+            return None; // hold: nothing newer than a failure starts
+        }
+        self.fresh.remove(&first_fresh)
+    }
+
+    fn start(&mut self, entry: Entry, url: &str, settings: &AppSettings) {
+        self.in_flight.insert(entry.seq);
+        if entry.attempts.failures > 0 {
+            metrics::counter!(CALLBACK_RETRIES).increment(1);
+        }
+        let client = self.client.clone();
+        let url = url.to_owned();
+        let secret = settings.signing_secret.clone();
+        self.requests.spawn(async move {
+            let started = std::time::Instant::now();
+            let outcome = client.post(&url, entry.body.clone(), secret.as_deref()).await;
+            Attempted {
+                entry,
+                outcome,
+                elapsed: started.elapsed(),
+            }
+        });
+    }
+
+    fn finish(
+        &mut self,
+        Attempted {
+            mut entry,
+            outcome,
+            elapsed,
+        }: Attempted,
+    ) {
+        self.in_flight.remove(&entry.seq);
+        self.retrying.remove(&entry.seq);
+        let result = match &outcome {
+            Ok(()) => "success".to_owned(),
+            Err(failure) => failure.label(),
+        };
+        metrics::histogram!(CALLBACK_REQUEST_SECONDS, "result" => result.clone(), "type" => entry.kind)
+            .record(elapsed.as_secs_f64());
+        metrics::counter!(CALLBACK_ATTEMPTS, "result" => result).increment(1);
+        if self.deleted_in_flight.remove(&entry.seq) {
+            self.held_bytes -= entry.body.len();
+            return;
+        }
+        let now = self.clock.now_ms();
+        let recorded = match outcome {
+            Ok(()) => {
+                let latency_ms = now.saturating_sub(entry.enqueued_at);
+                metrics::histogram!(CALLBACK_DELIVERY_SECONDS).record(latency_ms as f64 / 1000.0);
+                self.held_bytes -= entry.body.len();
+                self.queue.mark_delivered_lazy(entry.seq)
+            }
+            Err(failure) => {
+                let settings = self.settings.borrow();
+                let failures = entry.attempts.failures.saturating_add(1);
+                let delay = backoff_ms(
+                    failures,
+                    settings.callback_backoff_delay_ms,
+                    settings.max_callback_backoff_delay_ms,
+                );
+                entry.attempts = Attempts::failed(failures, &failure.describe(), now, now.saturating_add(delay));
+                tracing::debug!(seq = entry.seq, failures, delay_ms = delay, error = %failure.describe(), "callback attempt failed");
+                let recorded = self.queue.record_failure_lazy(
+                    entry.seq,
+                    failures,
+                    failure.describe(),
+                    now,
+                    now.saturating_add(delay),
+                );
+                drop(settings);
+                self.failed.insert(entry.seq, entry);
+                recorded
+            }
+        };
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, "dispatcher: cannot record a delivery outcome");
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::RetryNow(seq) => {
+                if let Some(entry) = self.failed.get_mut(&seq) {
+                    entry.attempts.next_attempt_at = Some(self.clock.now_ms());
+                }
+            }
+            Command::Deleted(seq) => {
+                let removed = self.fresh.remove(&seq).or_else(|| self.failed.remove(&seq));
+                if let Some(entry) = removed {
+                    self.held_bytes -= entry.body.len();
+                } else if self.in_flight.contains(&seq) {
+                    self.deleted_in_flight.insert(seq);
+                }
+                metrics::counter!(CALLBACKS_DROPPED, "reason" => "deleted").increment(1);
+            }
+        }
+    }
+
+    /// A new webhook URL gets every failed callback at once: the failures were the old URL's.
+    fn settings_changed(&mut self) {
+        let url = self.settings.borrow_and_update().webhook_url.clone();
+        let mut last = self.shared.last_url.lock().unwrap_or_else(|p| p.into_inner());
+        if *last != url {
+            *last = url;
+            let now = self.clock.now_ms();
+            for entry in self.failed.values_mut() {
+                entry.attempts.next_attempt_at = Some(now);
+            }
+        }
+    }
+
+    /// How long until the oldest waiting failed callback is due (polled at most every
+    /// [`CLOCK_POLL`]). Only the oldest matters: retries go in order.
+    fn next_retry_in(&self) -> Duration {
+        let now = self.clock.now_ms();
+        self.failed
+            .values()
+            .next()
+            .and_then(|e| e.attempts.next_attempt_at)
+            .map_or(CLOCK_POLL, |at| {
+                Duration::from_millis(at.saturating_sub(now)).min(CLOCK_POLL)
+            })
+    }
+}
+
+/// Wait after the `failures`-th consecutive failure: `min(failures × delay, max)`.
+pub fn backoff_ms(failures: u32, delay_ms: u64, max_ms: u64) -> u64 {
+    u64::from(failures).saturating_mul(delay_ms).min(max_ms)
+}
+
+/// The On-Premises `type` label: what a callback reports, from its top-level keys.
+fn kind_of(body: &[u8]) -> &'static str {
+    #[derive(serde::Deserialize)]
+    struct Keys {
+        messages: Option<serde::de::IgnoredAny>,
+        statuses: Option<serde::de::IgnoredAny>,
+        services: Option<serde::de::IgnoredAny>,
+    }
+    match serde_json::from_slice::<Keys>(body) {
+        Ok(Keys { messages: Some(_), .. }) => "inbound_message",
+        Ok(Keys { statuses: Some(_), .. }) => "status_change",
+        Ok(Keys { services: Some(_), .. }) => "service",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_linearly_and_caps() {
+        let waits: Vec<u64> = (1..=6).map(|n| backoff_ms(n, 3000, 10_000)).collect();
+        assert_eq!(waits, [3000, 6000, 9000, 10_000, 10_000, 10_000]);
+    }
+
+    #[test]
+    fn backoff_does_not_overflow() {
+        assert_eq!(backoff_ms(u32::MAX, u64::MAX, 900_000), 900_000);
+    }
+
+    #[test]
+    fn callback_kind_comes_from_its_top_level_keys() {
+        assert_eq!(kind_of(br#"{"messages":[{}],"contacts":[]}"#), "inbound_message");
+        assert_eq!(kind_of(br#"{"statuses":[{"id":"x"}]}"#), "status_change");
+        assert_eq!(kind_of(br#"{"services":[]}"#), "service");
+        assert_eq!(kind_of(br#"{"anything":1}"#), "other");
+        assert_eq!(kind_of(b"not json"), "other");
+    }
+}
