@@ -18,7 +18,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Scan the write-ahead log of a data directory (the service must be stopped) and report.
     Verify {
         #[arg(long, env = "COREQ_DATA_DIR", default_value = "./coreq-data")]
@@ -413,7 +413,7 @@ mod tests {
     fn args(dir: &Path) -> ServeArgs {
         let cli = Cli::try_parse_from(["coreq", "serve", "--data-dir", dir.to_str().unwrap()]).unwrap();
         match cli.command {
-            Command::Serve(a) => a,
+            Command::Serve(a) => *a,
             Command::Verify { .. } => unreachable!(),
         }
     }

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Verify { data_dir } => verify(&data_dir),
     }
 }

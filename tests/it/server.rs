@@ -26,7 +26,7 @@ pub fn config_with(dir: &Path, env: EnvSecrets, extra: &[&str]) -> Config {
     let Command::Serve(args) = cli.command else {
         unreachable!()
     };
-    Config::from_args(args, env).unwrap()
+    Config::from_args(*args, env).unwrap()
 }
 
 impl TestServer {
