@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 /// The storage key holding the settings document.
-const KEY: &str = "application";
+/// The store key the settings live under.
+pub const KEY: &str = "application";
 const AUTO_DOWNLOAD_KINDS: [&str; 6] = ["audio", "document", "voice", "video", "image", "sticker"];
 const MAX_CONCURRENT_REQUESTS: [u64; 4] = [6, 12, 18, 24];
 const LOG_LEVELS: [&str; 4] = ["info", "warning", "error", "fatal"];

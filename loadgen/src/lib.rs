@@ -1,1 +1,17 @@
-//! coreq's load generator and webhook receiver (being written).
+//! coreq's load generator and webhook receiver.
+//!
+//! - [`receiver`]: a real HTTP/1.1 (or HTTPS) webhook receiver whose answers a test decides;
+//!   coreq's integration tests use it. [`ca`] makes its test CA.
+//! - [`run`] drives a running coreq (or only the receiver, for the ceiling) with callbacks from
+//!   [`payload`], keeps the books in [`tracker`] and reports through [`report`]. The binary
+//!   `coreq-loadgen` is its command line; `README.md` in this crate has the recipes.
+
+pub mod ca;
+pub mod coreq;
+pub mod error;
+pub mod http;
+pub mod payload;
+pub mod receiver;
+pub mod report;
+pub mod run;
+pub mod tracker;

@@ -66,8 +66,20 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &st
 /// Sends one request exactly as given (no headers added but Host, Connection and
 /// Content-Length); returns status, head and body.
 pub fn request_bytes(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    try_request(addr, method, path, headers, body).expect("request")
+}
+
+/// [`request_bytes`], with a refused or broken connection as an error (for servers that come
+/// and go).
+pub fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Reply> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -76,19 +88,24 @@ pub fn request_bytes(addr: SocketAddr, method: &str, path: &str, headers: &[(&st
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).expect("write head");
+    stream.write_all(head.as_bytes())?;
     // The server may answer (413, 401) and close before reading the whole body.
     let _ = stream.write_all(body);
     let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
+    // A reset after the answer (the server closing on an unread body) still leaves the answer.
+    if let Err(e) = stream.read_to_end(&mut raw)
+        && raw.is_empty()
+    {
+        return Err(e);
+    }
     let raw = String::from_utf8_lossy(&raw);
     let status = raw.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    Reply {
+    Ok(Reply {
         status,
         head: head.to_owned(),
         body: body.to_owned(),
-    }
+    })
 }
 
 impl Reply {

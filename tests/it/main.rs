@@ -1,6 +1,10 @@
 //! Black-box tests of the service: the real router on an ephemeral port, and the real binary.
 
+mod backlog;
+mod delivery;
+mod delivery_crash;
 mod health;
+mod hook;
 mod hostile;
 mod http;
 mod logging;

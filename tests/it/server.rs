@@ -112,7 +112,9 @@ pub fn spawn_binary_with(dir: &Path, addr: SocketAddr, envs: &[(&str, &str)]) ->
     child
 }
 
-/// Enqueues `n` callbacks into the store in `dir` directly (the service must not be running).
+/// Enqueues `n` callbacks into the store in `dir` directly (the service must not be running),
+/// with a webhook URL where nothing listens, so that they stay pending (without a URL coreq
+/// drops callbacks, as the On-Premises API does).
 pub fn seed_callbacks(dir: &Path, n: usize) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -120,6 +122,16 @@ pub fn seed_callbacks(dir: &Path, n: usize) {
         .unwrap();
     rt.block_on(async {
         let (store, _) = coreq_storage::Store::open(coreq_storage::StoreConfig::new(dir)).unwrap();
+        let settings = coreq::settings::AppSettings {
+            webhook_url: Some("https://127.0.0.1:9/down".into()),
+            callback_backoff_delay_ms: 600_000,
+            ..Default::default()
+        };
+        let entry = (
+            coreq::settings::KEY.to_owned(),
+            Some(serde_json::to_vec(&settings).unwrap()),
+        );
+        store.put_settings(vec![entry]).await.unwrap();
         store
             .enqueue_callbacks(vec![b"{\"a\":1}".to_vec(); n], 0)
             .await
