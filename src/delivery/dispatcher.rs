@@ -55,6 +55,24 @@ impl Entry {
     }
 }
 
+/// Where and how callbacks go, from the settings (kept so that no request clones them).
+#[derive(Clone)]
+struct Target {
+    url: Arc<str>,
+    secret: Option<Arc<str>>,
+    limit: usize,
+}
+
+impl Target {
+    fn of(settings: &AppSettings) -> Option<Target> {
+        Some(Target {
+            url: Arc::from(settings.webhook_url.as_deref()?),
+            secret: settings.signing_secret.as_deref().map(Arc::from),
+            limit: settings.max_concurrent_requests as usize,
+        })
+    }
+}
+
 /// What an attempt came to, with the entry handed back.
 struct Attempted {
     entry: Entry,
@@ -86,6 +104,8 @@ pub(super) struct Dispatcher {
     cursor: Option<CallbackSeq>,
     /// Body bytes held in memory (fresh, failed and in flight).
     held_bytes: usize,
+    /// Where callbacks go; `None` without a webhook URL.
+    target: Option<Target>,
     /// False once a read found nothing more; set again by every enqueue.
     more_in_store: bool,
 }
@@ -100,6 +120,7 @@ impl Dispatcher {
         shared: Arc<Shared>,
         config: DeliveryConfig,
     ) -> Dispatcher {
+        let target = Target::of(&settings.borrow());
         Dispatcher {
             queue,
             client,
@@ -116,6 +137,7 @@ impl Dispatcher {
             requests: JoinSet::new(),
             cursor: None,
             held_bytes: 0,
+            target,
             more_in_store: true,
         }
     }
@@ -132,10 +154,14 @@ impl Dispatcher {
             }
             let retry_in = self.next_retry_in();
             tokio::select! {
-                Some(done) = self.requests.join_next(), if !self.requests.is_empty() => match done {
-                    Ok(attempted) => self.finish(attempted),
-                    Err(e) => tracing::error!(error = %e, "dispatcher: request task failed"),
-                },
+                Some(done) = self.requests.join_next(), if !self.requests.is_empty() => {
+                    // Take every finished request at once: one append records all their marks.
+                    let mut finished = vec![done];
+                    while let Some(more) = self.requests.try_join_next() {
+                        finished.push(more);
+                    }
+                    self.finish_all(finished);
+                }
                 Some(command) = self.commands.recv() => self.command(command),
                 () = self.shared.enqueued.notified() => self.more_in_store = true,
                 changed = self.settings.changed() => {
@@ -151,10 +177,9 @@ impl Dispatcher {
     /// Loads what fits, drops what has nowhere to go, starts what may start.
     fn step(&mut self) -> coreq_storage::Result<()> {
         self.refill()?;
-        let settings = self.settings.borrow().clone();
-        match settings.webhook_url.as_deref() {
+        match self.target.clone() {
             None => self.drop_all_loaded()?,
-            Some(url) => self.start_due(url, &settings),
+            Some(target) => self.start_due(&target),
         }
         self.shared
             .in_flight
@@ -193,22 +218,20 @@ impl Dispatcher {
             .into_values()
             .chain(std::mem::take(&mut self.failed).into_values())
             .collect();
-        for entry in loaded {
-            self.queue.mark_delivered_lazy(entry.seq)?;
-            self.held_bytes -= entry.body.len();
-            metrics::counter!(CALLBACKS_DROPPED, "reason" => "no_webhook_url").increment(1);
-        }
+        let seqs: Vec<CallbackSeq> = loaded.iter().map(|e| e.seq).collect();
+        self.queue.mark_all_delivered_lazy(&seqs)?;
+        self.held_bytes -= loaded.iter().map(|e| e.body.len()).sum::<usize>();
+        metrics::counter!(CALLBACKS_DROPPED, "reason" => "no_webhook_url").increment(seqs.len() as u64);
         Ok(())
     }
 
-    fn start_due(&mut self, url: &str, settings: &AppSettings) {
-        let limit = settings.max_concurrent_requests as usize;
+    fn start_due(&mut self, target: &Target) {
         let now = self.clock.now_ms();
-        while self.in_flight.len() < limit {
+        while self.in_flight.len() < target.limit {
             let Some(entry) = self.next_to_start(now) else {
                 return;
             };
-            self.start(entry, url, settings);
+            self.start(entry, target);
         }
     }
 
@@ -233,14 +256,14 @@ impl Dispatcher {
         self.fresh.remove(&first_fresh)
     }
 
-    fn start(&mut self, entry: Entry, url: &str, settings: &AppSettings) {
+    fn start(&mut self, entry: Entry, target: &Target) {
         self.in_flight.insert(entry.seq);
         if entry.attempts.failures > 0 {
             metrics::counter!(CALLBACK_RETRIES).increment(1);
         }
         let client = self.client.clone();
-        let url = url.to_owned();
-        let secret = settings.signing_secret.clone();
+        let url = target.url.clone();
+        let secret = target.secret.clone();
         self.requests.spawn(async move {
             let started = std::time::Instant::now();
             let outcome = client.post(&url, entry.body.clone(), secret.as_deref()).await;
@@ -252,14 +275,26 @@ impl Dispatcher {
         });
     }
 
-    fn finish(
-        &mut self,
-        Attempted {
+    fn finish_all(&mut self, finished: Vec<Result<Attempted, tokio::task::JoinError>>) {
+        let mut delivered = Vec::with_capacity(finished.len());
+        for done in finished {
+            match done {
+                Ok(attempted) => delivered.extend(self.finish(attempted)),
+                Err(e) => tracing::error!(error = %e, "dispatcher: request task failed"),
+            }
+        }
+        if let Err(e) = self.queue.mark_all_delivered_lazy(&delivered) {
+            tracing::error!(error = %e, "dispatcher: cannot record deliveries");
+        }
+    }
+
+    /// Accounts for one attempt; returns the seq when it was delivered (to be recorded).
+    fn finish(&mut self, attempted: Attempted) -> Option<CallbackSeq> {
+        let Attempted {
             mut entry,
             outcome,
             elapsed,
-        }: Attempted,
-    ) {
+        } = attempted;
         self.in_flight.remove(&entry.seq);
         self.retrying.remove(&entry.seq);
         let result = match &outcome {
@@ -271,40 +306,35 @@ impl Dispatcher {
         metrics::counter!(CALLBACK_ATTEMPTS, "result" => result).increment(1);
         if self.deleted_in_flight.remove(&entry.seq) {
             self.held_bytes -= entry.body.len();
-            return;
+            return None;
         }
         let now = self.clock.now_ms();
-        let recorded = match outcome {
+        match outcome {
             Ok(()) => {
                 let latency_ms = now.saturating_sub(entry.enqueued_at);
                 metrics::histogram!(CALLBACK_DELIVERY_SECONDS).record(latency_ms as f64 / 1000.0);
                 self.held_bytes -= entry.body.len();
-                self.queue.mark_delivered_lazy(entry.seq)
+                Some(entry.seq)
             }
             Err(failure) => {
-                let settings = self.settings.borrow();
+                let (delay_ms, max_ms) = {
+                    let settings = self.settings.borrow();
+                    (
+                        settings.callback_backoff_delay_ms,
+                        settings.max_callback_backoff_delay_ms,
+                    )
+                };
                 let failures = entry.attempts.failures.saturating_add(1);
-                let delay = backoff_ms(
-                    failures,
-                    settings.callback_backoff_delay_ms,
-                    settings.max_callback_backoff_delay_ms,
-                );
-                entry.attempts = Attempts::failed(failures, &failure.describe(), now, now.saturating_add(delay));
-                tracing::debug!(seq = entry.seq, failures, delay_ms = delay, error = %failure.describe(), "callback attempt failed");
-                let recorded = self.queue.record_failure_lazy(
-                    entry.seq,
-                    failures,
-                    failure.describe(),
-                    now,
-                    now.saturating_add(delay),
-                );
-                drop(settings);
+                let next = now.saturating_add(backoff_ms(failures, delay_ms, max_ms));
+                let error = failure.describe();
+                tracing::debug!(seq = entry.seq, failures, next, %error, "callback attempt failed");
+                entry.attempts = Attempts::failed(failures, &error, now, next);
+                if let Err(e) = self.queue.record_failure_lazy(entry.seq, failures, error, now, next) {
+                    tracing::error!(error = %e, "dispatcher: cannot record a failed attempt");
+                }
                 self.failed.insert(entry.seq, entry);
-                recorded
+                None
             }
-        };
-        if let Err(e) = recorded {
-            tracing::error!(error = %e, "dispatcher: cannot record a delivery outcome");
         }
     }
 
@@ -327,12 +357,13 @@ impl Dispatcher {
         }
     }
 
-    /// A new webhook URL gets every failed callback at once: the failures were the old URL's.
+    /// Takes the new target; a new webhook URL gets every failed callback at once (the
+    /// failures were the old URL's).
     fn settings_changed(&mut self) {
-        let url = self.settings.borrow_and_update().webhook_url.clone();
-        let mut last = self.shared.last_url.lock().unwrap_or_else(|p| p.into_inner());
-        if *last != url {
-            *last = url;
+        let target = Target::of(&self.settings.borrow_and_update());
+        let url_changed = self.target.as_ref().map(|t| &t.url) != target.as_ref().map(|t| &t.url);
+        self.target = target;
+        if url_changed {
             let now = self.clock.now_ms();
             for entry in self.failed.values_mut() {
                 entry.attempts.next_attempt_at = Some(now);

@@ -9,8 +9,8 @@
 mod dispatcher;
 pub mod webhook;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use coreq_storage::{CallbackSeq, PendingCallback, StorageError, Store, UnixMillis};
 use tokio::sync::{Notify, mpsc, watch};
@@ -40,8 +40,6 @@ enum Command {
 struct Shared {
     enqueued: Notify,
     in_flight: AtomicU64,
-    /// The webhook URL the dispatcher last worked with (to notice a change).
-    last_url: Mutex<Option<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +74,6 @@ impl Delivery {
         let shared = Arc::new(Shared {
             enqueued: Notify::new(),
             in_flight: AtomicU64::new(0),
-            last_url: Mutex::new(settings.borrow().webhook_url.clone()),
         });
         let high_water = config.high_water;
         let dispatcher = dispatcher::Dispatcher::new(

@@ -276,8 +276,8 @@ impl Store {
     }
 
     /// Commits without waiting for durability: applied now, durable with the next group commit.
-    fn commit_lazy(&self, change: Change) -> Result<()> {
-        let (changes, ticket) = self.submit(|_| vec![change])?;
+    fn commit_lazy(&self, changes: Vec<Change>) -> Result<()> {
+        let (changes, ticket) = self.submit(|_| changes)?;
         self.apply_all(&changes, ticket.map(|t| t.lsns()))
     }
 
@@ -314,7 +314,15 @@ impl Store {
 
     /// The webhook answered 200: the callback leaves the queue (lazily durable).
     pub fn mark_delivered_lazy(&self, seq: CallbackSeq) -> Result<()> {
-        self.commit_lazy(Change::CallbackDelivered { seq })
+        self.commit_lazy(vec![Change::CallbackDelivered { seq }])
+    }
+
+    /// [`mark_delivered_lazy`](Store::mark_delivered_lazy) for several callbacks in one append.
+    pub fn mark_all_delivered_lazy(&self, seqs: &[CallbackSeq]) -> Result<()> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        self.commit_lazy(seqs.iter().map(|&seq| Change::CallbackDelivered { seq }).collect())
     }
 
     /// A delivery attempt failed (lazily durable).
@@ -326,13 +334,13 @@ impl Store {
         at: UnixMillis,
         next_attempt_at: UnixMillis,
     ) -> Result<()> {
-        self.commit_lazy(Change::CallbackFailed {
+        self.commit_lazy(vec![Change::CallbackFailed {
             seq,
             failures,
             error,
             at,
             next_attempt_at,
-        })
+        }])
     }
 
     /// An operator deletes a callback (durable).
