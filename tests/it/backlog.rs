@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::hook::{Answer, Hook};
 use crate::http::{free_addr, request};
-use crate::server::spawn_binary_with;
-use crate::session::{self, ADMIN_PASSWORD};
+use crate::server::{Webhook, respawn, spawn_with_webhook};
 
 const BATCH: u64 = 1000;
 const CONCURRENCY: u64 = 24;
@@ -92,25 +91,12 @@ fn a_backlog_enqueued_while_the_webhook_is_down_all_arrives_once_after_a_restart
             Answer::Status(200)
         })
     };
-    let envs = [
-        ("COREQ_ADMIN_PASSWORD", ADMIN_PASSWORD),
-        ("COREQ_ALLOW_HTTP_WEBHOOKS", "1"),
-    ];
-    let mut child = spawn_binary_with(dir.path(), addr, &envs);
-    let admin = session::admin(addr);
-    let settings = serde_json::json!({
-        "webhooks": { "url": hook.url(), "max_concurrent_requests": CONCURRENCY },
-        "callback_backoff_delay_ms": 100,
-        "max_callback_backoff_delay_ms": 1000,
-    });
-    let reply = request(
-        addr,
-        "PATCH",
-        "/v1/settings/application",
-        &[("Authorization", &admin)],
-        &settings.to_string(),
-    );
-    assert_eq!(reply.status, 200, "{}", reply.body);
+    let webhook = Webhook {
+        url: hook.url(),
+        concurrency: CONCURRENCY as u64,
+        backoff_ms: (100, 1000),
+    };
+    let (mut child, admin) = spawn_with_webhook(dir.path(), addr, &webhook);
 
     let started = Instant::now();
     let peak = Arc::new(AtomicU64::new(0));
@@ -134,7 +120,7 @@ fn a_backlog_enqueued_while_the_webhook_is_down_all_arrives_once_after_a_restart
     terminate(&mut child);
     *first_request.lock().unwrap() = None;
     let restarted = Instant::now();
-    let mut child = spawn_binary_with(dir.path(), addr, &envs);
+    let mut child = respawn(dir.path(), addr);
     let ready_in = restarted.elapsed();
     let deadline = Instant::now() + Duration::from_secs(60);
     while first_request.lock().unwrap().is_none() && Instant::now() < deadline {

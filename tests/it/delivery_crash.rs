@@ -13,9 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::hook::{Answer, Hook};
-use crate::http::{free_addr, request, try_request};
-use crate::server::spawn_binary_with;
-use crate::session::{self, ADMIN_PASSWORD};
+use crate::http::{free_addr, try_request};
+use crate::server::{Webhook, respawn, spawn_with_webhook};
 
 const KILLS: usize = 25;
 const CONCURRENCY: usize = 6;
@@ -126,25 +125,12 @@ fn every_acknowledged_callback_arrives_in_order_through_sigkills() {
     let mode = Arc::new(AtomicU8::new(0));
     let log = Arc::new(Mutex::new(Vec::new()));
     let hook = flapping_hook(mode.clone(), log.clone());
-    let envs = [
-        ("COREQ_ADMIN_PASSWORD", ADMIN_PASSWORD),
-        ("COREQ_ALLOW_HTTP_WEBHOOKS", "1"),
-    ];
-    let mut child = spawn_binary_with(dir.path(), addr, &envs);
-    let admin = session::admin(addr);
-    let settings = serde_json::json!({
-        "webhooks": { "url": hook.url(), "max_concurrent_requests": CONCURRENCY },
-        "callback_backoff_delay_ms": 20,
-        "max_callback_backoff_delay_ms": 200,
-    });
-    let reply = request(
-        addr,
-        "PATCH",
-        "/v1/settings/application",
-        &[("Authorization", &admin)],
-        &settings.to_string(),
-    );
-    assert_eq!(reply.status, 200, "{}", reply.body);
+    let webhook = Webhook {
+        url: hook.url(),
+        concurrency: CONCURRENCY as u64,
+        backoff_ms: (20, 200),
+    };
+    let (mut child, admin) = spawn_with_webhook(dir.path(), addr, &webhook);
 
     let stop = Arc::new(AtomicBool::new(false));
     let next = Arc::new(AtomicU64::new(0));
@@ -164,7 +150,7 @@ fn every_acknowledged_callback_arrives_in_order_through_sigkills() {
         child.kill().unwrap();
         kills.push(Instant::now());
         child.wait().unwrap();
-        child = spawn_binary_with(dir.path(), addr, &envs);
+        child = respawn(dir.path(), addr);
     }
     stop.store(true, Ordering::SeqCst);
     producer.join().unwrap();

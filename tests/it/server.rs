@@ -138,3 +138,42 @@ pub fn seed_callbacks(dir: &Path, n: usize) {
             .unwrap();
     });
 }
+
+/// Where the binary started by [`spawn_with_webhook`] delivers, and how.
+pub struct Webhook {
+    pub url: String,
+    pub concurrency: u64,
+    /// `callback_backoff_delay_ms`, `max_callback_backoff_delay_ms`.
+    pub backoff_ms: (u64, u64),
+}
+
+/// The real binary with `http://` webhooks allowed and the admin password set, its webhook
+/// configured; returns the child and the admin's Bearer value. Restart it with
+/// [`respawn`] (the settings are stored).
+pub fn spawn_with_webhook(dir: &Path, addr: SocketAddr, webhook: &Webhook) -> (std::process::Child, String) {
+    let child = respawn(dir, addr);
+    let admin = crate::session::admin(addr);
+    let settings = serde_json::json!({
+        "webhooks": { "url": webhook.url, "max_concurrent_requests": webhook.concurrency },
+        "callback_backoff_delay_ms": webhook.backoff_ms.0,
+        "max_callback_backoff_delay_ms": webhook.backoff_ms.1,
+    });
+    let reply = http::request(
+        addr,
+        "PATCH",
+        "/v1/settings/application",
+        &[("Authorization", &admin)],
+        &settings.to_string(),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    (child, admin)
+}
+
+/// Starts the binary again over `dir` (as [`spawn_with_webhook`] did).
+pub fn respawn(dir: &Path, addr: SocketAddr) -> std::process::Child {
+    let envs = [
+        ("COREQ_ADMIN_PASSWORD", crate::session::ADMIN_PASSWORD),
+        ("COREQ_ALLOW_HTTP_WEBHOOKS", "1"),
+    ];
+    spawn_binary_with(dir, addr, &envs)
+}
