@@ -93,7 +93,7 @@ fn a_backlog_enqueued_while_the_webhook_is_down_all_arrives_once_after_a_restart
     };
     let webhook = Webhook {
         url: hook.url(),
-        concurrency: CONCURRENCY as u64,
+        concurrency: CONCURRENCY,
         backoff_ms: (100, 1000),
     };
     let (mut child, admin) = spawn_with_webhook(dir.path(), addr, &webhook);
