@@ -176,6 +176,12 @@ impl Dispatcher {
 
     /// Loads what fits, drops what has nowhere to go, starts what may start.
     fn step(&mut self) -> coreq_storage::Result<()> {
+        // A settings change may be waiting behind the event that woke us: a webhook URL set
+        // just before an enqueue must be seen before the callback is judged to have nowhere
+        // to go.
+        if self.settings.has_changed().unwrap_or(false) {
+            self.settings_changed();
+        }
         self.refill()?;
         match self.target.clone() {
             None => self.drop_all_loaded()?,

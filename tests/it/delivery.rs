@@ -390,6 +390,19 @@ fn without_a_webhook_url_callbacks_are_dropped_and_counted() {
 }
 
 #[test]
+fn a_callback_enqueued_right_after_the_webhook_is_set_is_delivered_not_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Hook::http(ok);
+    let service = Service::start(dir.path(), &[]);
+    for round in 1..=20u64 {
+        service.settings(json!({ "webhooks": { "url": "" } }));
+        service.settings(json!({ "webhooks": { "url": hook.url() } }));
+        service.enqueue(&[&format!(r#"{{"round":{round}}}"#)]);
+        hook.wait_for(round);
+    }
+}
+
+#[test]
 fn a_new_webhook_url_receives_the_pending_callbacks() {
     let dir = tempfile::tempdir().unwrap();
     let old = Hook::http(|_| Answer::Status(500));
