@@ -303,9 +303,10 @@ impl Dispatcher {
         } = attempted;
         self.in_flight.remove(&entry.seq);
         self.retrying.remove(&entry.seq);
-        let result = match &outcome {
-            Ok(()) => "success".to_owned(),
-            Err(failure) => failure.label(),
+        // No allocation for the common case: most attempts succeed.
+        let result: std::borrow::Cow<'static, str> = match &outcome {
+            Ok(()) => "success".into(),
+            Err(failure) => failure.label().into(),
         };
         metrics::histogram!(CALLBACK_REQUEST_SECONDS, "result" => result.clone(), "type" => entry.kind)
             .record(elapsed.as_secs_f64());

@@ -166,9 +166,7 @@ pub async fn queue_for(store: &Store, persist: bool) -> Result<Store, StorageErr
             .enqueue_callbacks(batch.iter().map(|c| c.body.clone()).collect(), batch[0].enqueued_at)
             .await?;
         // Lazily: once in memory they are as volatile as the setting asked for.
-        for cb in &batch {
-            store.mark_delivered_lazy(cb.seq)?;
-        }
+        store.mark_all_delivered_lazy(&batch.iter().map(|cb| cb.seq).collect::<Vec<_>>())?;
         moved += batch.len();
     }
     if moved > 0 {
