@@ -136,10 +136,11 @@ fn remove_unfinished_snapshots(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Opens sled, waiting briefly if its file lock is still held: sled releases the lock from a
-/// background thread shortly (measured up to ~1 ms) after the previous handle was dropped.
+/// Opens sled, waiting if its file lock is still held: sled releases the lock from a background
+/// thread after the previous handle was dropped (about 1 ms when idle, seconds on a loaded
+/// machine whose flusher is in an fsync).
 fn open_db(config: &SledConfig) -> Result<sled::Db> {
-    const LOCK_RETRIES: u32 = 100;
+    const LOCK_RETRIES: u32 = 500; // × 20 ms
     let mut attempt = 0;
     loop {
         let opened = sled::Config::new()
@@ -149,13 +150,19 @@ fn open_db(config: &SledConfig) -> Result<sled::Db> {
             .mode(sled::Mode::HighThroughput)
             .open();
         match opened {
-            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock && attempt < LOCK_RETRIES => {
+            Err(sled::Error::Io(e)) if lock_held(&e) && attempt < LOCK_RETRIES => {
                 attempt += 1;
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             other => return Ok(other?),
         }
     }
+}
+
+/// sled reports a held lock either as `WouldBlock` or, from its own lock code, as an `Other`
+/// error whose text carries the `WouldBlock` it wraps.
+fn lock_held(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
 }
 
 /// A cursor value: 8 big-endian bytes. Anything else is damage, reported rather than read as 0.

@@ -551,3 +551,20 @@ async fn an_unfinished_sled_snapshot_left_by_a_crash_does_not_stop_the_next_open
     assert_eq!(store.pending_callback_count(), 3);
     assert!(!partial.exists());
 }
+
+/// sled releases its file lock only when its last handle (and its flusher thread) let go; an
+/// open meanwhile waits for it instead of failing (sled reports the held lock as an `Other`
+/// error, which an earlier version did not recognise).
+#[test]
+fn an_open_waits_for_the_previous_handle_to_release_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig::new(dir.path());
+    let (first, _) = Store::open(config.clone()).unwrap();
+    let holder = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(first);
+    });
+    let reopened = Store::open(config);
+    holder.join().unwrap();
+    assert!(reopened.is_ok(), "{:?}", reopened.err());
+}
