@@ -82,6 +82,9 @@ pub async fn run_with_clock(
         .current()
         .map_err(|e| ServeError::Task(format!("reading the settings: {e}")))?;
     telemetry::follow_settings(&current.log_level, current.verbose_logging);
+    // Installed now, not at the first scrape: the dispatcher registers its metric handles at
+    // start, and handles taken before the recorder exists would record nothing.
+    catalog::recorder();
     tokio::spawn(metrics_upkeep(stop_rx.clone()));
     let space = SpaceGuard::new(&config.data_dir, &config.log_dir, config.min_free_bytes);
     let client = WebhookClient::new(config.webhook_timeout, config.webhook_ca.as_deref())?;

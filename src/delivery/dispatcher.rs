@@ -39,12 +39,12 @@ struct Entry {
     enqueued_at: u64,
     body: Bytes,
     attempts: Attempts,
-    kind: &'static str,
+    kind: Kind,
 }
 
 impl Entry {
     fn new(cb: PendingCallback) -> Entry {
-        let kind = kind_of(&cb.body);
+        let kind = Kind::of(&cb.body);
         Entry {
             seq: cb.seq,
             enqueued_at: cb.enqueued_at,
@@ -58,15 +58,25 @@ impl Entry {
 /// Where and how callbacks go, from the settings (kept so that no request clones them).
 #[derive(Clone)]
 struct Target {
-    url: Arc<str>,
+    /// Parsed once: parsing it for every request was a measurable share of delivery CPU.
+    url: reqwest::Url,
     secret: Option<Arc<str>>,
     limit: usize,
 }
 
 impl Target {
     fn of(settings: &AppSettings) -> Option<Target> {
+        let url = match reqwest::Url::parse(settings.webhook_url.as_deref()?) {
+            Ok(url) => url,
+            Err(e) => {
+                // The settings API validates URLs: this is a setting stored by an older
+                // version or edited behind our back. Treated as unset, loudly.
+                tracing::error!(error = %e, "webhooks.url does not parse; callbacks are dropped as if it were unset");
+                return None;
+            }
+        };
         Some(Target {
-            url: Arc::from(settings.webhook_url.as_deref()?),
+            url,
             secret: settings.signing_secret.as_deref().map(Arc::from),
             limit: settings.max_concurrent_requests as usize,
         })
@@ -108,6 +118,10 @@ pub(super) struct Dispatcher {
     target: Option<Target>,
     /// False once a read found nothing more; set again by every enqueue.
     more_in_store: bool,
+    /// Delivered seqs not yet recorded: recorded at the end of the step, after new requests
+    /// have started, so that the store's work is off the path from one request to the next.
+    delivered: Vec<CallbackSeq>,
+    success: SuccessMetrics,
 }
 
 impl Dispatcher {
@@ -139,6 +153,8 @@ impl Dispatcher {
             held_bytes: 0,
             target,
             more_in_store: true,
+            delivered: Vec::new(),
+            success: SuccessMetrics::register(),
         }
     }
 
@@ -190,7 +206,8 @@ impl Dispatcher {
         self.shared
             .in_flight
             .store(self.in_flight.len() as u64, Ordering::Relaxed);
-        Ok(())
+        let delivered = std::mem::take(&mut self.delivered);
+        self.queue.mark_all_delivered_lazy(&delivered)
     }
 
     fn refill(&mut self) -> coreq_storage::Result<()> {
@@ -272,7 +289,7 @@ impl Dispatcher {
         let secret = target.secret.clone();
         self.requests.spawn(async move {
             let started = std::time::Instant::now();
-            let outcome = client.post(&url, entry.body.clone(), secret.as_deref()).await;
+            let outcome = client.post(url, entry.body.clone(), secret.as_deref()).await;
             Attempted {
                 entry,
                 outcome,
@@ -282,19 +299,19 @@ impl Dispatcher {
     }
 
     fn finish_all(&mut self, finished: Vec<Result<Attempted, tokio::task::JoinError>>) {
-        let mut delivered = Vec::with_capacity(finished.len());
         for done in finished {
             match done {
-                Ok(attempted) => delivered.extend(self.finish(attempted)),
+                Ok(attempted) => {
+                    let delivered = self.finish(attempted);
+                    self.delivered.extend(delivered);
+                }
                 Err(e) => tracing::error!(error = %e, "dispatcher: request task failed"),
             }
         }
-        if let Err(e) = self.queue.mark_all_delivered_lazy(&delivered) {
-            tracing::error!(error = %e, "dispatcher: cannot record deliveries");
-        }
     }
 
-    /// Accounts for one attempt; returns the seq when it was delivered (to be recorded).
+    /// Accounts for one attempt; returns the seq when it was delivered (to be recorded by the
+    /// next step).
     fn finish(&mut self, attempted: Attempted) -> Option<CallbackSeq> {
         let Attempted {
             mut entry,
@@ -303,14 +320,19 @@ impl Dispatcher {
         } = attempted;
         self.in_flight.remove(&entry.seq);
         self.retrying.remove(&entry.seq);
-        // No allocation for the common case: most attempts succeed.
-        let result: std::borrow::Cow<'static, str> = match &outcome {
-            Ok(()) => "success".into(),
-            Err(failure) => failure.label().into(),
-        };
-        metrics::histogram!(CALLBACK_REQUEST_SECONDS, "result" => result.clone(), "type" => entry.kind)
-            .record(elapsed.as_secs_f64());
-        metrics::counter!(CALLBACK_ATTEMPTS, "result" => result).increment(1);
+        match &outcome {
+            Ok(()) => {
+                // Most attempts succeed: their handles are registered once, not per request.
+                self.success.request_seconds[entry.kind as usize].record(elapsed.as_secs_f64());
+                self.success.attempts.increment(1);
+            }
+            Err(failure) => {
+                let result = failure.label();
+                metrics::histogram!(CALLBACK_REQUEST_SECONDS, "result" => result.clone(), "type" => entry.kind.label())
+                    .record(elapsed.as_secs_f64());
+                metrics::counter!(CALLBACK_ATTEMPTS, "result" => result).increment(1);
+            }
+        }
         if self.deleted_in_flight.remove(&entry.seq) {
             self.held_bytes -= entry.body.len();
             return None;
@@ -319,7 +341,7 @@ impl Dispatcher {
         match outcome {
             Ok(()) => {
                 let latency_ms = now.saturating_sub(entry.enqueued_at);
-                metrics::histogram!(CALLBACK_DELIVERY_SECONDS).record(latency_ms as f64 / 1000.0);
+                self.success.delivery_seconds.record(latency_ms as f64 / 1000.0);
                 self.held_bytes -= entry.body.len();
                 Some(entry.seq)
             }
@@ -397,19 +419,60 @@ pub fn backoff_ms(failures: u32, delay_ms: u64, max_ms: u64) -> u64 {
     u64::from(failures).saturating_mul(delay_ms).min(max_ms)
 }
 
-/// The On-Premises `type` label: what a callback reports, from its top-level keys.
-fn kind_of(body: &[u8]) -> &'static str {
-    #[derive(serde::Deserialize)]
-    struct Keys {
-        messages: Option<serde::de::IgnoredAny>,
-        statuses: Option<serde::de::IgnoredAny>,
-        services: Option<serde::de::IgnoredAny>,
+/// What a callback reports, from its top-level keys: the On-Premises `type` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    InboundMessage,
+    StatusChange,
+    Service,
+    Other,
+}
+
+impl Kind {
+    const ALL: [Kind; 4] = [Kind::InboundMessage, Kind::StatusChange, Kind::Service, Kind::Other];
+
+    fn of(body: &[u8]) -> Kind {
+        #[derive(serde::Deserialize)]
+        struct Keys {
+            messages: Option<serde::de::IgnoredAny>,
+            statuses: Option<serde::de::IgnoredAny>,
+            services: Option<serde::de::IgnoredAny>,
+        }
+        match serde_json::from_slice::<Keys>(body) {
+            Ok(Keys { messages: Some(_), .. }) => Kind::InboundMessage,
+            Ok(Keys { statuses: Some(_), .. }) => Kind::StatusChange,
+            Ok(Keys { services: Some(_), .. }) => Kind::Service,
+            _ => Kind::Other,
+        }
     }
-    match serde_json::from_slice::<Keys>(body) {
-        Ok(Keys { messages: Some(_), .. }) => "inbound_message",
-        Ok(Keys { statuses: Some(_), .. }) => "status_change",
-        Ok(Keys { services: Some(_), .. }) => "service",
-        _ => "other",
+
+    fn label(self) -> &'static str {
+        match self {
+            Kind::InboundMessage => "inbound_message",
+            Kind::StatusChange => "status_change",
+            Kind::Service => "service",
+            Kind::Other => "other",
+        }
+    }
+}
+
+/// The metric handles of a successful attempt, registered once.
+struct SuccessMetrics {
+    /// Indexed by `Kind as usize`.
+    request_seconds: [metrics::Histogram; 4],
+    attempts: metrics::Counter,
+    delivery_seconds: metrics::Histogram,
+}
+
+impl SuccessMetrics {
+    fn register() -> SuccessMetrics {
+        SuccessMetrics {
+            request_seconds: Kind::ALL.map(
+                |kind| metrics::histogram!(CALLBACK_REQUEST_SECONDS, "result" => "success", "type" => kind.label()),
+            ),
+            attempts: metrics::counter!(CALLBACK_ATTEMPTS, "result" => "success"),
+            delivery_seconds: metrics::histogram!(CALLBACK_DELIVERY_SECONDS),
+        }
     }
 }
 
@@ -430,10 +493,17 @@ mod tests {
 
     #[test]
     fn callback_kind_comes_from_its_top_level_keys() {
-        assert_eq!(kind_of(br#"{"messages":[{}],"contacts":[]}"#), "inbound_message");
-        assert_eq!(kind_of(br#"{"statuses":[{"id":"x"}]}"#), "status_change");
-        assert_eq!(kind_of(br#"{"services":[]}"#), "service");
-        assert_eq!(kind_of(br#"{"anything":1}"#), "other");
-        assert_eq!(kind_of(b"not json"), "other");
+        assert_eq!(Kind::of(br#"{"messages":[{}],"contacts":[]}"#), Kind::InboundMessage);
+        assert_eq!(Kind::of(br#"{"statuses":[{"id":"x"}]}"#), Kind::StatusChange);
+        assert_eq!(Kind::of(br#"{"services":[]}"#), Kind::Service);
+        assert_eq!(Kind::of(br#"{"anything":1}"#), Kind::Other);
+        assert_eq!(Kind::of(b"not json"), Kind::Other);
+    }
+
+    #[test]
+    fn kinds_are_listed_in_their_index_order() {
+        for (i, kind) in Kind::ALL.into_iter().enumerate() {
+            assert_eq!(kind as usize, i);
+        }
     }
 }

@@ -93,7 +93,7 @@ impl WebhookClient {
     }
 
     /// POSTs `body` as `application/json` to `url` exactly as given; delivered only on 200.
-    pub async fn post(&self, url: &str, body: Bytes, signing_secret: Option<&str>) -> Result<(), Failure> {
+    pub async fn post(&self, url: reqwest::Url, body: Bytes, signing_secret: Option<&str>) -> Result<(), Failure> {
         let mut request = self
             .client
             .post(url)

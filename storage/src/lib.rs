@@ -52,7 +52,7 @@ pub const WAL_APPEND_SECONDS: &str = "coreq_wal_append_duration_seconds";
 /// Version of each area's record format, reported by `/v1/support` as `schema`. Bumped when an
 /// area's `Change` variants or stored values change shape.
 pub const SCHEMA_VERSIONS: [(&str, u32); 5] = [
-    ("callback", 1),
+    ("callback", 2),
     ("config", 1),
     ("jobqueue", 1),
     ("message", 1),
@@ -229,11 +229,9 @@ impl Store {
     }
 
     fn apply_all(&self, changes: &[Change], lsns: Option<RangeInclusive<Lsn>>) -> Result<()> {
-        for change in changes {
-            if let Err(e) = self.inner.state.apply(change) {
-                self.poison(&e);
-                return Err(e);
-            }
+        if let Err(e) = self.inner.state.apply_all(changes) {
+            self.poison(&e);
+            return Err(e);
         }
         for change in changes {
             match change {

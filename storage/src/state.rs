@@ -49,6 +49,11 @@ pub trait State: Send + Sync + 'static {
     /// same key arrive in LSN order; records touching different keys may arrive in any order.
     fn apply(&self, change: &Change) -> Result<()>;
 
+    /// Applies records in order; a backend may group them (same contract as [`State::apply`]).
+    fn apply_all(&self, changes: &[Change]) -> Result<()> {
+        changes.iter().try_for_each(|change| self.apply(change))
+    }
+
     /// Makes everything applied so far durable and records `checkpoint` with it, atomically.
     fn checkpoint(&self, checkpoint: Checkpoint) -> Result<()>;
     /// The last checkpoint recorded (default: nothing applied).

@@ -48,6 +48,10 @@ suite!(
     enqueued_callbacks_read_back_from_the_head_in_order,
     window_after_a_seq_starts_after_it,
     delivered_callback_leaves_the_queue,
+    deliveries_out_of_order_in_one_batch_leave_exactly_the_rest,
+    a_callback_delivered_twice_is_counted_once,
+    deliveries_spanning_batches_empty_the_first_and_keep_the_rest,
+    a_delivered_callback_takes_no_failure_record,
     failure_is_recorded_with_error_and_next_attempt,
     failure_of_an_unknown_callback_changes_nothing,
     deleted_callback_leaves_the_queue_and_unknown_delete_says_so,
@@ -186,6 +190,53 @@ async fn delivered_callback_leaves_the_queue(f: Fixture) {
     assert_eq!(seqs, vec![1, 3]);
     assert_eq!(f.store.pending_callback_count(), 2);
     assert!(f.store.pending_callback(2).unwrap().is_none());
+}
+
+fn pending_seqs(store: &Store, after: Option<u64>) -> Vec<u64> {
+    store
+        .pending_callbacks(after, 100)
+        .unwrap()
+        .iter()
+        .map(|c| c.seq)
+        .collect()
+}
+
+async fn deliveries_out_of_order_in_one_batch_leave_exactly_the_rest(f: Fixture) {
+    f.store.enqueue_callbacks(bodies(10), 0).await.unwrap();
+    f.store.mark_all_delivered_lazy(&[7, 2, 9]).unwrap();
+    assert_eq!(pending_seqs(&f.store, None), vec![1, 3, 4, 5, 6, 8, 10]);
+    assert_eq!(pending_seqs(&f.store, Some(2)), vec![3, 4, 5, 6, 8, 10]);
+    assert_eq!(pending_seqs(&f.store, Some(6)), vec![8, 10]);
+    assert_eq!(f.store.pending_callback_count(), 7);
+    assert!(f.store.pending_callback(7).unwrap().is_none());
+    assert_eq!(f.store.pending_callback(8).unwrap().unwrap().body, b"{\"n\":7}");
+}
+
+async fn a_callback_delivered_twice_is_counted_once(f: Fixture) {
+    f.store.enqueue_callbacks(bodies(3), 0).await.unwrap();
+    f.store.mark_all_delivered_lazy(&[2, 2]).unwrap();
+    f.store.mark_delivered_lazy(2).unwrap();
+    assert_eq!(f.store.pending_callback_count(), 2);
+    assert_eq!(pending_seqs(&f.store, None), vec![1, 3]);
+}
+
+async fn deliveries_spanning_batches_empty_the_first_and_keep_the_rest(f: Fixture) {
+    f.store.enqueue_callbacks(bodies(3), 0).await.unwrap();
+    f.store.enqueue_callbacks(bodies(3), 0).await.unwrap();
+    f.store.mark_all_delivered_lazy(&[3, 1, 5, 2]).unwrap();
+    assert_eq!(pending_seqs(&f.store, None), vec![4, 6]);
+    assert_eq!(f.store.pending_callback_count(), 2);
+    f.store.mark_all_delivered_lazy(&[4, 6]).unwrap();
+    assert_eq!(pending_seqs(&f.store, None), Vec::<u64>::new());
+    assert_eq!(f.store.pending_callback_count(), 0);
+}
+
+async fn a_delivered_callback_takes_no_failure_record(f: Fixture) {
+    f.store.enqueue_callbacks(bodies(2), 0).await.unwrap();
+    f.store.mark_delivered_lazy(1).unwrap();
+    f.store.record_failure_lazy(1, 1, "late".into(), 1, 2).unwrap();
+    assert!(f.store.pending_callback(1).unwrap().is_none());
+    assert_eq!(f.store.pending_callback_count(), 1);
 }
 
 async fn failure_is_recorded_with_error_and_next_attempt(f: Fixture) {
@@ -455,6 +506,29 @@ async fn seqs_continue_after_restart_even_when_everything_was_delivered() {
     let (store, _) = reopen(dir.path());
     assert_eq!(store.pending_callback_count(), 0);
     assert_eq!(store.enqueue_callbacks(bodies(1), 0).await.unwrap(), vec![5]);
+}
+
+#[tokio::test]
+async fn partial_deliveries_of_a_batch_survive_restarts_with_and_without_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _) = reopen(dir.path());
+        store.enqueue_callbacks(bodies(10), 0).await.unwrap();
+        store.mark_all_delivered_lazy(&[1, 4]).unwrap();
+        store.checkpoint().unwrap();
+        // After the checkpoint: replayed from the WAL at the next open.
+        store.mark_all_delivered_lazy(&[2, 10]).unwrap();
+        store.record_failure_lazy(3, 1, "HTTP 500".into(), 5, 6).unwrap();
+    }
+    let (store, _) = reopen(dir.path());
+    assert_eq!(pending_seqs(&store, None), vec![3, 5, 6, 7, 8, 9]);
+    assert_eq!(store.pending_callback_count(), 6);
+    assert_eq!(store.pending_callback(3).unwrap().unwrap().attempts.failures, 1);
+    store.mark_all_delivered_lazy(&[3, 5, 6, 7, 8, 9]).unwrap();
+    drop(store);
+    let (store, _) = reopen(dir.path());
+    assert_eq!(store.pending_callback_count(), 0);
+    assert_eq!(pending_seqs(&store, None), Vec::<u64>::new());
 }
 
 #[tokio::test]

@@ -3,8 +3,9 @@
 //!
 //! | prefix | key | value |
 //! |---|---|---|
-//! | `c` | callback seq | enqueue time and body |
-//! | `a` | callback seq | [`Attempts`] (kept apart so a retry does not rewrite the body) |
+//! | `p` | first callback seq of an enqueue record | enqueue time and bodies (a page, see `callbacks.rs`) |
+//! | `d` | first callback seq of a page | bitmap of the page's callbacks gone (delivered or deleted) |
+//! | `a` | callback seq | [`Attempts`] (kept apart so a retry does not rewrite the bodies) |
 //! | `m` | message id | [`Message`] |
 //! | `s` | send seq | message id (the outbound send queue) |
 //! | `k` | setting name | setting value |
@@ -25,8 +26,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+
+mod callbacks;
 
 use crate::change::Change;
 use crate::error::{Result, StorageError};
@@ -56,12 +59,6 @@ impl SledConfig {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct StoredCallback {
-    enqueued_at: u64,
-    body: Vec<u8>,
-}
-
 /// The embedded engine and its pinned version, as `/v1/support` reports it.
 pub const ENGINE: &str = "sled 0.34.7";
 
@@ -75,6 +72,12 @@ pub struct SledState {
     pending_callbacks: AtomicU64,
     send_queue: AtomicU64,
     messages: AtomicU64,
+    /// The seqs that have an attempts record (`a` key), mirrored in memory so that delivering
+    /// or loading a callback that never failed costs no second tree lookup. Few: only attempted
+    /// callbacks that failed, which the hold rule keeps to about the in-flight limit.
+    with_attempts: Mutex<HashSet<CallbackSeq>>,
+    /// Serializes the read-modify-writes of the callback bitmaps (see `callbacks.rs`).
+    marks: Mutex<()>,
 }
 
 fn key(prefix: u8, id: &[u8]) -> Vec<u8> {
@@ -194,12 +197,16 @@ impl SledState {
             pending_callbacks: AtomicU64::new(0),
             send_queue: AtomicU64::new(0),
             messages: AtomicU64::new(0),
+            with_attempts: Mutex::new(HashSet::new()),
+            marks: Mutex::new(()),
         };
         state
             .pending_callbacks
-            .store(state.count_prefix(b'c')?, Ordering::Relaxed);
+            .store(state.count_pending_callbacks()?, Ordering::Relaxed);
         state.send_queue.store(state.count_prefix(b's')?, Ordering::Relaxed);
         state.messages.store(state.count_prefix(b'm')?, Ordering::Relaxed);
+        let with_attempts = state.seqs_with_attempts()?;
+        *state.attempted() = with_attempts;
         Ok(state)
     }
 
@@ -210,6 +217,14 @@ impl SledState {
             n += 1;
         }
         Ok(n)
+    }
+
+    fn attempted(&self) -> std::sync::MutexGuard<'_, HashSet<CallbackSeq>> {
+        // The set is only ever inserted into or removed from: a panic elsewhere cannot leave
+        // it half-changed.
+        self.with_attempts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Bytes sled occupies on disk (for support and metrics: sled amplifies space).
@@ -245,28 +260,6 @@ impl SledState {
             }),
             None => Ok(()),
         }
-    }
-
-    fn apply_enqueue(&self, first_seq: CallbackSeq, enqueued_at: u64, bodies: &[Vec<u8>]) -> Result<()> {
-        for (i, body) in bodies.iter().enumerate() {
-            let seq = first_seq + i as u64;
-            let value = encode(&StoredCallback {
-                enqueued_at,
-                body: body.clone(),
-            });
-            if self.db.insert(seq_key(b'c', seq), value)?.is_none() {
-                self.pending_callbacks.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        Ok(())
-    }
-
-    fn remove_callback(&self, seq: CallbackSeq) -> Result<()> {
-        if self.db.remove(seq_key(b'c', seq))?.is_some() {
-            self.pending_callbacks.fetch_sub(1, Ordering::Relaxed);
-        }
-        self.db.remove(seq_key(b'a', seq))?;
-        Ok(())
     }
 
     fn apply_message_accepted(&self, message: &Message) -> Result<()> {
@@ -369,13 +362,29 @@ impl SledState {
 }
 
 impl State for SledState {
+    /// Runs of deliveries and deletions are applied together: one bitmap update per page.
+    fn apply_all(&self, changes: &[Change]) -> Result<()> {
+        let mut gone = Vec::new();
+        for change in changes {
+            match change {
+                Change::CallbackDelivered { seq } | Change::CallbackDeleted { seq } => gone.push(*seq),
+                other => {
+                    self.remove_callbacks(&mut gone)?;
+                    gone.clear();
+                    self.apply(other)?;
+                }
+            }
+        }
+        self.remove_callbacks(&mut gone)
+    }
+
     fn apply(&self, change: &Change) -> Result<()> {
         match change {
             Change::CallbacksEnqueued {
                 first_seq,
                 enqueued_at,
                 bodies,
-            } => self.apply_enqueue(*first_seq, *enqueued_at, bodies)?,
+            } => self.insert_page(*first_seq, *enqueued_at, bodies)?,
             Change::CallbackFailed {
                 seq,
                 failures,
@@ -383,12 +392,12 @@ impl State for SledState {
                 at,
                 next_attempt_at,
             } => {
-                if self.db.contains_key(seq_key(b'c', *seq))? {
-                    let attempts = Attempts::failed(*failures, error, *at, *next_attempt_at);
-                    self.db.insert(seq_key(b'a', *seq), encode(&attempts))?;
-                }
+                let attempts = Attempts::failed(*failures, error, *at, *next_attempt_at);
+                self.record_attempts(*seq, &attempts)?;
             }
-            Change::CallbackDelivered { seq } | Change::CallbackDeleted { seq } => self.remove_callback(*seq)?,
+            Change::CallbackDelivered { seq } | Change::CallbackDeleted { seq } => {
+                self.remove_callbacks(&mut [*seq])?
+            }
             Change::MessageAccepted { message } => self.apply_message_accepted(message)?,
             Change::MessageHanded { id, send_seq } => {
                 self.remove_from_send_queue(*send_seq)?;
@@ -432,21 +441,11 @@ impl State for SledState {
     }
 
     fn pending_callbacks(&self, after: Option<CallbackSeq>, limit: usize) -> Result<Vec<PendingCallback>> {
-        let from = seq_key(b'c', after.map_or(0, |a| a + 1));
-        let mut out = Vec::new();
-        for kv in self.db.range(from..seq_key(b'c', u64::MAX)).take(limit) {
-            let (k, v) = kv?;
-            out.push(self.load_callback(seq_of(&k), &k, &v)?);
-        }
-        Ok(out)
+        self.list_callbacks(after.map_or(0, |a| a.saturating_add(1)), limit)
     }
 
     fn pending_callback(&self, seq: CallbackSeq) -> Result<Option<PendingCallback>> {
-        let k = seq_key(b'c', seq);
-        match self.db.get(k)? {
-            Some(v) => Ok(Some(self.load_callback(seq, &k, &v)?)),
-            None => Ok(None),
-        }
+        Ok(self.list_callbacks(seq, 1)?.into_iter().find(|cb| cb.seq == seq))
     }
 
     fn pending_callback_count(&self) -> u64 {
@@ -539,18 +538,5 @@ impl State for SledState {
                 Ok((String::from_utf8_lossy(&k[1..]).into_owned(), be_u64(&k, &v)?))
             })
             .collect()
-    }
-}
-
-impl SledState {
-    fn load_callback(&self, seq: CallbackSeq, k: &[u8], v: &[u8]) -> Result<PendingCallback> {
-        let stored: StoredCallback = decode(k, v)?;
-        let attempts = self.get::<Attempts>(&seq_key(b'a', seq))?.unwrap_or_default();
-        Ok(PendingCallback {
-            seq,
-            enqueued_at: stored.enqueued_at,
-            body: stored.body,
-            attempts,
-        })
     }
 }
