@@ -73,6 +73,12 @@ struct Args {
     /// No progress lines on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// Enqueue every callback while coreq's webhook points at a path of the receiver that
+    /// answers 503, then point it at the real one: delivery is measured from a full backlog,
+    /// without enqueues competing for the cores (coreq mode; end-to-end latency then includes
+    /// the wait for the release).
+    #[arg(long, conflicts_with = "ceiling")]
+    prefill: bool,
     /// Do not fail the run for duplicate deliveries (at-least-once after a crash).
     #[arg(long)]
     allow_duplicates: bool,
@@ -125,6 +131,7 @@ impl Args {
             ca_dir: self.ca_dir.clone(),
             drain_timeout: Duration::from_secs(self.drain_timeout),
             progress: !self.quiet,
+            prefill: self.prefill,
         })
     }
 

@@ -37,6 +37,8 @@ pub struct Setup {
     pub payload_bytes: usize,
     pub rate: Option<f64>,
     pub requested: u64,
+    /// Delivered from a backlog enqueued beforehand (`--prefill`).
+    pub prefilled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -114,6 +116,7 @@ impl Report {
             "payload_bytes": s.payload_bytes,
             "rate": s.rate,
             "requested": s.requested,
+            "prefilled": s.prefilled,
             "sent": c.sent,
             "acked": c.acked,
             "enqueue_secs": round3(self.enqueue_secs),
@@ -150,8 +153,17 @@ impl Report {
         let _ = writeln!(
             out,
             "setup:              {scheme} webhook, webhook concurrency {}, enqueue concurrency {}, batch {}, \
-             payload {} B, {rate}, {} callbacks requested",
-            s.webhook_concurrency, s.enqueue_concurrency, s.batch, s.payload_bytes, s.requested
+             payload {} B, {rate}, {} callbacks requested{}",
+            s.webhook_concurrency,
+            s.enqueue_concurrency,
+            s.batch,
+            s.payload_bytes,
+            s.requested,
+            if s.prefilled {
+                ", delivered from a prefilled backlog"
+            } else {
+                ""
+            }
         );
         let _ = writeln!(out, "sent:               {}", c.sent);
         let _ = writeln!(
@@ -255,6 +267,7 @@ mod tests {
                 payload_bytes: 256,
                 rate: None,
                 requested: delivered,
+                prefilled: false,
             },
             counts: Counts {
                 sent: delivered,

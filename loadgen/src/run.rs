@@ -49,6 +49,8 @@ pub struct LoadOptions {
     pub drain_timeout: Duration,
     /// A progress line per second on stderr.
     pub progress: bool,
+    /// Coreq mode: enqueue everything first, with the webhook held, then release it.
+    pub prefill: bool,
 }
 
 /// The coreq to drive.
@@ -67,13 +69,21 @@ pub async fn run_coreq(opts: &LoadOptions, target: &Target) -> Result<Report> {
     let receiver = start_receiver(opts, &ledger).await?;
     let http = api_client(target.ca.as_deref(), opts.concurrency)?;
     let coreq = Arc::new(Coreq::login(http, &target.base, &target.user, &target.password).await?);
-    coreq.set_webhook(&receiver.url(), opts.webhook_concurrency).await?;
+    let held = format!("{}{HELD_PATH}", receiver.base_url());
+    let first_url = if opts.prefill { held } else { receiver.url() };
+    coreq.set_webhook(&first_url, opts.webhook_concurrency).await?;
 
     let phase = Phase::new(Mode::Coreq, ledger, opts, opts.batch);
     let progress = tokio::spawn(progress(Arc::clone(&phase), progress_limit(opts), opts.progress));
     let mut workers = JoinSet::new();
     for _ in 0..opts.concurrency {
         workers.spawn(enqueue_worker(Arc::clone(&phase), Arc::clone(&coreq)));
+    }
+    if opts.prefill {
+        // Every worker done: the backlog is complete. A new URL makes coreq retry its failed
+        // callbacks at once, and everything behind them follows.
+        while workers.join_next().await.is_some() {}
+        coreq.set_webhook(&receiver.url(), opts.webhook_concurrency).await?;
     }
     let report = finish(phase, workers, opts, opts.concurrency).await;
     progress.abort();
@@ -115,6 +125,7 @@ async fn finish(phase: Arc<Phase>, mut workers: JoinSet<()>, opts: &LoadOptions,
         payload_bytes: opts.payload_bytes,
         rate: opts.rate,
         requested: opts.count,
+        prefilled: opts.prefill && phase.mode == Mode::Coreq,
     };
     phase.report(setup, enqueue_secs, drained)
 }
@@ -153,9 +164,15 @@ impl Ledger {
     }
 }
 
+/// The receiver's path that refuses everything (503), where `--prefill` parks the webhook.
+const HELD_PATH: &str = "/held";
+
 async fn start_receiver(opts: &LoadOptions, ledger: &Arc<Ledger>) -> Result<Receiver> {
     let observer = Arc::clone(ledger);
     let behaviour: Behaviour = Arc::new(move |request: &Request| {
+        if request.path_and_query.starts_with(HELD_PATH) {
+            return Reply::Status(503);
+        }
         observer.observe(&request.body);
         Reply::Status(200)
     });

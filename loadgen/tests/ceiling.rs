@@ -19,6 +19,7 @@ fn options(count: u64, tls: bool) -> LoadOptions {
         ca_dir: None,
         drain_timeout: Duration::from_secs(10),
         progress: false,
+        prefill: false,
     }
 }
 

@@ -173,6 +173,7 @@ fn options(count: u64, batch: u64) -> LoadOptions {
         ca_dir: None,
         drain_timeout: Duration::from_secs(3),
         progress: false,
+        prefill: false,
     }
 }
 

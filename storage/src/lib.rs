@@ -210,13 +210,18 @@ impl Store {
     fn submit(
         &self,
         build: impl FnOnce(&mut Counters) -> Vec<Change>,
+        lazy: bool,
     ) -> Result<(Vec<Change>, Option<coreq_wal::Ticket>)> {
         self.check_poison()?;
         let mut counters = self.inner.sequencer.lock().expect("sequencer lock");
         let before = *counters;
         let changes = build(&mut counters);
         let ticket = match &self.inner.wal {
-            Some(wal) => match wal.submit(&changes) {
+            Some(wal) => match if lazy {
+                wal.submit_lazy(&changes)
+            } else {
+                wal.submit(&changes)
+            } {
                 Ok(ticket) => Some(ticket),
                 Err(e) => {
                     *counters = before;
@@ -257,7 +262,7 @@ impl Store {
     /// a durable record unapplied.
     async fn commit_durable(&self, build: impl FnOnce(&mut Counters) -> Vec<Change>) -> Result<Vec<Change>> {
         let submitted = std::time::Instant::now();
-        let (changes, ticket) = self.submit(build)?;
+        let (changes, ticket) = self.submit(build, false)?;
         let Some(ticket) = ticket else {
             self.apply_all(&changes, None)?;
             return Ok(changes);
@@ -273,9 +278,10 @@ impl Store {
             .map_err(|e| StorageError::Poisoned(format!("commit task failed: {e}")))?
     }
 
-    /// Commits without waiting for durability: applied now, durable with the next group commit.
+    /// Commits without waiting for durability: applied now, durable with the next urgent
+    /// commit or within the WAL's lazy window (`lazy_sync_after`), whichever comes first.
     fn commit_lazy(&self, changes: Vec<Change>) -> Result<()> {
-        let (changes, ticket) = self.submit(|_| changes)?;
+        let (changes, ticket) = self.submit(|_| changes, true)?;
         self.apply_all(&changes, ticket.map(|t| t.lsns()))
     }
 

@@ -7,6 +7,7 @@ mod health;
 mod hook;
 mod hostile;
 mod http;
+mod loadgen;
 mod logging;
 mod serve;
 mod server;

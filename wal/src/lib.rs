@@ -50,6 +50,10 @@ pub struct WalConfig {
     /// Appenders wait while this many bytes are queued and not yet written (default 64 MiB):
     /// the bound on the group-commit buffer.
     pub max_pending_bytes: usize,
+    /// Longest a lazily submitted record waits for its commit when nothing urgent comes
+    /// (default 10 ms): the window of lazy records a crash can lose, traded for one sync per
+    /// window instead of one per submission.
+    pub lazy_sync_after: std::time::Duration,
     /// The seam through which the committer syncs files, for fault injection in tests.
     pub fs: Arc<dyn FileSystem>,
 }
@@ -63,6 +67,7 @@ impl WalConfig {
             segment_bytes: 64 << 20,
             max_record_bytes: 16 << 20,
             max_pending_bytes: 64 << 20,
+            lazy_sync_after: std::time::Duration::from_millis(10),
             fs: Arc::new(OsFileSystem),
         }
     }

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -32,6 +33,17 @@ struct Queue {
     durable: Lsn,
     poisoned: Option<Arc<str>>,
     closed: bool,
+    /// Someone is waiting for `buf` to be durable: commit it now.
+    urgent: bool,
+    /// When the oldest lazy frame in `buf` was queued (while nothing urgent is).
+    lazy_since: Option<Instant>,
+}
+
+/// Whether a submission is waited for.
+#[derive(Clone, Copy)]
+enum Urgency {
+    Now,
+    Lazy,
 }
 
 /// Durability progress as published to async waiters.
@@ -85,8 +97,10 @@ impl Inner {
         self.lock().durable
     }
 
-    /// Blocks until frames are queued; hands them over with an empty buffer in exchange.
-    /// `None` once closed and drained, or poisoned.
+    /// Blocks until frames are due for commit; hands them over with an empty buffer in
+    /// exchange. Frames are due at once when someone waits for them (or the log closes); lazy
+    /// frames alone wait up to `lazy_sync_after`, so that a stream of them costs one sync per
+    /// interval rather than one each. `None` once closed and drained, or poisoned.
     pub(crate) fn take_batch(&self, spare: Vec<u8>) -> Option<Batch> {
         let mut q = self.lock();
         loop {
@@ -94,6 +108,14 @@ impl Inner {
                 return None;
             }
             if !q.buf.is_empty() {
+                let wait = match q.lazy_since {
+                    Some(since) if !q.urgent && !q.closed => self.config.lazy_sync_after.checked_sub(since.elapsed()),
+                    _ => None,
+                };
+                if let Some(wait) = wait.filter(|w| !w.is_zero()) {
+                    q = self.work.wait_timeout(q, wait).expect("wal queue lock poisoned").0;
+                    continue;
+                }
                 let bytes = std::mem::replace(&mut q.buf, spare);
                 let batch = Batch {
                     bytes,
@@ -101,6 +123,8 @@ impl Inner {
                     last_lsn: q.next_lsn - 1,
                 };
                 q.buf_first = q.next_lsn;
+                q.urgent = false;
+                q.lazy_since = None;
                 self.space.notify_all();
                 return Some(batch);
             }
@@ -290,6 +314,8 @@ impl<R: Serialize + DeserializeOwned> Wal<R> {
                 durable: 0,
                 poisoned: None,
                 closed: false,
+                urgent: false,
+                lazy_since: None,
             }),
             work: Condvar::new(),
             space: Condvar::new(),
@@ -387,6 +413,17 @@ impl<R: Serialize + DeserializeOwned> Wal<R> {
     /// Queues `records` for the next group commit and returns at once. They get consecutive
     /// LSNs, in order, and become durable together when the ticket resolves.
     pub fn submit(&self, records: &[R]) -> Result<Ticket> {
+        self.submit_prepared(&self.prepare(records)?, Urgency::Now)
+    }
+
+    /// Like [`Wal::submit`], for records nobody waits for: they are committed with the next
+    /// urgent submission or within `lazy_sync_after`, whichever comes first. A crash may lose
+    /// the ones not yet committed.
+    pub fn submit_lazy(&self, records: &[R]) -> Result<Ticket> {
+        self.submit_prepared(&self.prepare(records)?, Urgency::Lazy)
+    }
+
+    fn prepare(&self, records: &[R]) -> Result<Vec<PreparedBody>> {
         let max = self.inner().config.max_record_bytes;
         let mut bodies = Vec::with_capacity(records.len());
         for record in records {
@@ -396,10 +433,10 @@ impl<R: Serialize + DeserializeOwned> Wal<R> {
             }
             bodies.push(PreparedBody::new(bytes));
         }
-        self.submit_prepared(&bodies)
+        Ok(bodies)
     }
 
-    fn submit_prepared(&self, bodies: &[PreparedBody]) -> Result<Ticket> {
+    fn submit_prepared(&self, bodies: &[PreparedBody], urgency: Urgency) -> Result<Ticket> {
         let inner = self.inner();
         let mut q = inner.lock();
         loop {
@@ -421,8 +458,22 @@ impl<R: Serialize + DeserializeOwned> Wal<R> {
             q.next_lsn += 1;
         }
         let last = q.next_lsn - 1;
+        // Wake the committer when there is something new for it to decide: an urgent commit,
+        // or the first lazy frame (which starts its timer).
+        let wake = match urgency {
+            Urgency::Now => !std::mem::replace(&mut q.urgent, true),
+            Urgency::Lazy => {
+                let first_lazy = q.lazy_since.is_none();
+                if first_lazy {
+                    q.lazy_since = Some(Instant::now());
+                }
+                first_lazy && !q.urgent
+            }
+        };
         drop(q);
-        inner.work.notify_one();
+        if wake {
+            inner.work.notify_one();
+        }
         // An empty submit gets an empty range ending at the last queued LSN: a barrier.
         Ok(Ticket {
             lsns: first..=last,

@@ -396,3 +396,51 @@ fn a_frame_with_an_absurd_lsn_is_damage_not_an_overflow() {
     assert_eq!(report.next_lsn, 1);
     assert_eq!(wal.append(&[(1, vec![])]).unwrap(), 1..=1);
 }
+
+fn open_with_lazy_window(dir: &Path, window: std::time::Duration) -> Wal<Rec> {
+    let mut config = config(dir);
+    config.lazy_sync_after = window;
+    Wal::open(config).expect("open").0
+}
+
+#[test]
+fn a_lazy_record_becomes_durable_on_its_own_within_the_lazy_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = open_with_lazy_window(dir.path(), std::time::Duration::from_millis(10));
+    let ticket = wal.submit_lazy(&[(1, b"lazy".to_vec())]).unwrap();
+    // Nothing urgent follows: only the lazy window can commit it. A committer that waited for
+    // an urgent submission would leave the waiter below hanging until the test's timeout.
+    let (done, waited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(ticket.wait().map(|()| ticket.lsns())));
+    let lsns = waited
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the lazy record was never committed")
+        .unwrap();
+    assert!(wal.durable_lsn() >= *lsns.end());
+}
+
+#[test]
+fn lazy_records_ride_the_next_urgent_commit_in_one_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = open_with_lazy_window(dir.path(), std::time::Duration::from_secs(3600));
+    let before = wal.stats().fsyncs;
+    for i in 0..3u64 {
+        let _not_waited_for = wal.submit_lazy(&[(i, vec![])]).unwrap();
+    }
+    assert_eq!(wal.durable_lsn(), 0, "lazy records alone wait for their window");
+    let urgent = wal.append(&[(3, vec![])]).unwrap();
+    assert_eq!(urgent, 4..=4);
+    assert_eq!(wal.durable_lsn(), 4);
+    assert_eq!(wal.stats().fsyncs - before, 1);
+}
+
+#[test]
+fn lazy_records_are_written_when_the_log_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let wal = open_with_lazy_window(dir.path(), std::time::Duration::from_secs(3600));
+        let _not_waited_for = wal.submit_lazy(&[(7, b"kept".to_vec())]).unwrap();
+    }
+    let wal = open(dir.path());
+    assert_eq!(read_all(&wal, 1), vec![(1, (7, b"kept".to_vec()))]);
+}
