@@ -33,6 +33,12 @@ use crate::telemetry::catalog::{
 /// clock move them without the dispatcher knowing about it.
 const CLOCK_POLL: Duration = Duration::from_millis(100);
 
+/// Deliveries are recorded in groups of this many, or once the oldest unrecorded one is
+/// [`MARK_DELAY`] old: one WAL record and one bitmap update per page for the group, instead of
+/// one each per wake-up. The delay adds to the WAL's lazy window in what a crash can repeat.
+const MARK_GROUP: usize = 64;
+const MARK_DELAY: Duration = Duration::from_millis(2);
+
 /// A callback in memory: its stored form plus what the dispatcher derives once.
 struct Entry {
     seq: CallbackSeq,
@@ -121,6 +127,8 @@ pub(super) struct Dispatcher {
     /// Delivered seqs not yet recorded: recorded at the end of the step, after new requests
     /// have started, so that the store's work is off the path from one request to the next.
     delivered: Vec<CallbackSeq>,
+    /// When the oldest of `delivered` was delivered.
+    delivered_since: Option<std::time::Instant>,
     success: SuccessMetrics,
 }
 
@@ -154,6 +162,7 @@ impl Dispatcher {
             target,
             more_in_store: true,
             delivered: Vec::new(),
+            delivered_since: None,
             success: SuccessMetrics::register(),
         }
     }
@@ -168,7 +177,7 @@ impl Dispatcher {
                 tracing::error!(error = %e, "dispatcher: store failed; delivery stopped");
                 return;
             }
-            let retry_in = self.next_retry_in();
+            let retry_in = self.next_retry_in().min(self.next_mark_in());
             tokio::select! {
                 Some(done) = self.requests.join_next(), if !self.requests.is_empty() => {
                     // Take every finished request at once: one append records all their marks.
@@ -185,7 +194,13 @@ impl Dispatcher {
                     self.settings_changed();
                 }
                 () = tokio::time::sleep(retry_in) => {}
-                _ = stop.wait_for(|stopped| *stopped) => return,
+                _ = stop.wait_for(|stopped| *stopped) => {
+                    // Delivered before the stop: not to be sent again after the restart.
+                    if let Err(e) = self.record_deliveries(true) {
+                        tracing::error!(error = %e, "dispatcher: cannot record the last deliveries");
+                    }
+                    return;
+                }
             }
         }
     }
@@ -206,11 +221,34 @@ impl Dispatcher {
         self.shared
             .in_flight
             .store(self.in_flight.len() as u64, Ordering::Relaxed);
-        let delivered = std::mem::take(&mut self.delivered);
-        self.queue.mark_all_delivered_lazy(&delivered)
+        self.record_deliveries(false)
     }
 
+    /// Records the deliveries so far once there are enough of them or the oldest has waited
+    /// long enough (see [`MARK_GROUP`]), or now when `now`.
+    fn record_deliveries(&mut self, now: bool) -> coreq_storage::Result<()> {
+        let due = now || self.delivered.len() >= MARK_GROUP || self.next_mark_in().is_zero();
+        if self.delivered.is_empty() || !due {
+            return Ok(());
+        }
+        self.delivered_since = None;
+        let result = self.queue.mark_all_delivered_lazy(&self.delivered);
+        self.delivered.clear();
+        result
+    }
+
+    /// How long until the unrecorded deliveries are due ([`CLOCK_POLL`] when there are none).
+    fn next_mark_in(&self) -> Duration {
+        self.delivered_since
+            .map_or(CLOCK_POLL, |since| MARK_DELAY.saturating_sub(since.elapsed()))
+    }
+
+    /// Tops the window up once it is half empty, so that the store is read in long runs (a
+    /// page is decoded whole, however few of its callbacks are wanted).
     fn refill(&mut self) -> coreq_storage::Result<()> {
+        if self.fresh.len() + self.failed.len() > self.config.window_callbacks / 2 {
+            return Ok(());
+        }
         while self.more_in_store
             && self.fresh.len() + self.failed.len() < self.config.window_callbacks
             && self.held_bytes < self.config.window_bytes
@@ -302,8 +340,10 @@ impl Dispatcher {
         for done in finished {
             match done {
                 Ok(attempted) => {
-                    let delivered = self.finish(attempted);
-                    self.delivered.extend(delivered);
+                    if let Some(seq) = self.finish(attempted) {
+                        self.delivered.push(seq);
+                        self.delivered_since.get_or_insert_with(std::time::Instant::now);
+                    }
                 }
                 Err(e) => tracing::error!(error = %e, "dispatcher: request task failed"),
             }
