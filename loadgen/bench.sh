@@ -29,6 +29,10 @@ start_coreq() {
     COREQ_PID=$!
     # Ready once login answers something other than 503 (recovering) or nothing at all.
     for _ in $(seq 100); do
+        if ! kill -0 "$COREQ_PID" 2>/dev/null; then
+            echo "coreq exited (port $PORT taken by another process?); see $OUT/coreq.log" >&2
+            exit 1
+        fi
         code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$PORT/v1/users/login" || true)
         if [[ $code != 503 && $code != 000 ]]; then return 0; fi
         sleep 0.1
