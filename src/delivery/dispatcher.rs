@@ -124,8 +124,9 @@ pub(super) struct Dispatcher {
     target: Option<Target>,
     /// False once a read found nothing more; set again by every enqueue.
     more_in_store: bool,
-    /// Delivered seqs not yet recorded: recorded at the end of the step, after new requests
-    /// have started, so that the store's work is off the path from one request to the next.
+    /// Delivered seqs not yet recorded. Recorded at the end of a step, after new requests have
+    /// started (the store's work stays off the path from one request to the next), in groups
+    /// (see [`MARK_GROUP`]), and at stop.
     delivered: Vec<CallbackSeq>,
     /// When the oldest of `delivered` was delivered.
     delivered_since: Option<std::time::Instant>,
