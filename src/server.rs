@@ -20,6 +20,7 @@ use crate::delivery::webhook::WebhookClient;
 use crate::delivery::{self, Delivery};
 use crate::disk::SpaceGuard;
 use crate::error::ServeError;
+use crate::messages::Messages;
 use crate::settings::Settings;
 use crate::telemetry::{self, catalog, catalog::CHECKPOINT_SECONDS};
 
@@ -89,6 +90,7 @@ pub async fn run_with_clock(
     let space = SpaceGuard::new(&config.data_dir, &config.log_dir, config.min_free_bytes);
     let client = WebhookClient::new(config.webhook_timeout, config.webhook_ca.as_deref())?;
     let queue = delivery::queue_for(&store, current.callback_persist).await?;
+    let messages = Messages::new(store.clone(), clock.clone());
     let (delivery, dispatcher) = Delivery::start(
         queue,
         client,
@@ -105,6 +107,7 @@ pub async fn run_with_clock(
         settings,
         space,
         delivery,
+        messages,
     });
     tracing::info!("coreq ready");
 

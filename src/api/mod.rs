@@ -10,6 +10,7 @@ pub mod auth;
 mod callbacks;
 pub mod error;
 mod health;
+mod messages;
 mod settings;
 mod stats;
 mod support;
@@ -31,6 +32,7 @@ use crate::auth::{Accounts, ApiKey};
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::disk::{LowSpace, SpaceGuard};
+use crate::messages::Messages;
 use crate::settings::Settings;
 use crate::telemetry::catalog::{HTTP_REQUEST_SECONDS, HTTP_REQUESTS};
 use error::ApiError;
@@ -43,6 +45,7 @@ pub struct Services {
     pub settings: Settings,
     pub space: SpaceGuard,
     pub delivery: Delivery,
+    pub messages: Messages,
 }
 
 /// What handlers share. The API key is known from the start; the services appear once
@@ -94,6 +97,7 @@ pub fn router(state: AppState) -> Router {
         .merge(settings::routes())
         .merge(support::routes())
         .merge(callbacks::routes())
+        .merge(messages::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),

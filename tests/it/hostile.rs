@@ -26,6 +26,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/support"),
     ("GET", "/v1/stats/app"),
     ("GET", "/v1/stats/db"),
+    ("POST", "/v1/messages"),
+    ("GET", "/v1/messages/x"),
     ("GET", "/metrics"),
     ("GET", "/livez"),
 ];
@@ -55,6 +57,13 @@ const KNOWN_FIELDS: &[&str] = &[
     "wa_id",
     "garbagecollector_enable",
     "messages",
+    "to",
+    "type",
+    "text",
+    "body",
+    "recipient_type",
+    "image",
+    "link",
 ];
 
 /// What a refused request must not change: settings and the users the test knows.

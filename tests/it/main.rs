@@ -9,6 +9,7 @@ mod hostile;
 mod http;
 mod loadgen;
 mod logging;
+mod messages;
 mod serve;
 mod server;
 mod session;
