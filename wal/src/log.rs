@@ -459,17 +459,20 @@ impl<R: Serialize + DeserializeOwned> Wal<R> {
         }
         let last = q.next_lsn - 1;
         // Wake the committer when there is something new for it to decide: an urgent commit,
-        // or the first lazy frame (which starts its timer).
-        let wake = match urgency {
-            Urgency::Now => !std::mem::replace(&mut q.urgent, true),
-            Urgency::Lazy => {
-                let first_lazy = q.lazy_since.is_none();
-                if first_lazy {
-                    q.lazy_since = Some(Instant::now());
+        // or the first lazy frame (which starts its timer). An empty submit on an empty buffer
+        // has nothing to commit: marking it urgent would leave the flag set with nothing to
+        // take, and the next urgent submit would not wake the committer.
+        let wake = !q.buf.is_empty()
+            && match urgency {
+                Urgency::Now => !std::mem::replace(&mut q.urgent, true),
+                Urgency::Lazy => {
+                    let first_lazy = q.lazy_since.is_none();
+                    if first_lazy {
+                        q.lazy_since = Some(Instant::now());
+                    }
+                    first_lazy && !q.urgent
                 }
-                first_lazy && !q.urgent
-            }
-        };
+            };
         drop(q);
         if wake {
             inner.work.notify_one();

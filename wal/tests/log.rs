@@ -444,3 +444,34 @@ fn lazy_records_are_written_when_the_log_closes() {
     let wal = open(dir.path());
     assert_eq!(read_all(&wal, 1), vec![(1, (7, b"kept".to_vec()))]);
 }
+
+/// Runs `f` on a thread and fails the test if it has not returned within 30 s (a committer
+/// that was never woken would hang it forever).
+fn within_30s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(f()));
+    finished
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the committer was never woken")
+}
+
+#[test]
+fn an_append_after_an_empty_submit_on_an_empty_log_is_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Arc::new(open_with_lazy_window(dir.path(), std::time::Duration::from_secs(3600)));
+    let barrier = wal.submit(&[]).unwrap();
+    barrier.wait().unwrap();
+    let appender = Arc::clone(&wal);
+    let lsns = within_30s(move || appender.append(&[(1, vec![])]).unwrap());
+    assert_eq!(lsns, 1..=1);
+}
+
+#[test]
+fn an_empty_submit_commits_the_lazy_records_queued_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Arc::new(open_with_lazy_window(dir.path(), std::time::Duration::from_secs(3600)));
+    let _not_waited_for = wal.submit_lazy(&[(1, vec![])]).unwrap();
+    let barrier = wal.submit(&[]).unwrap();
+    within_30s(move || barrier.wait().unwrap());
+    assert_eq!(wal.durable_lsn(), 1);
+}
