@@ -56,6 +56,8 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     /// Every acknowledged callback arrived before the drain timeout.
     pub drained: bool,
+    /// `--prefill`: callbacks that arrived while the webhook was meant to be held.
+    pub early_arrivals: u64,
 }
 
 impl Report {
@@ -93,6 +95,13 @@ impl Report {
         if c.order_violations > 0 {
             problems.push(format!("{}: {} order violations", self.mode.name(), c.order_violations));
         }
+        if self.early_arrivals > 0 {
+            problems.push(format!(
+                "{}: {} callbacks arrived before the prefilled backlog was released",
+                self.mode.name(),
+                self.early_arrivals
+            ));
+        }
         if self.lost() > 0 {
             problems.push(format!(
                 "{}: {} acknowledged callbacks never arrived",
@@ -117,6 +126,7 @@ impl Report {
             "rate": s.rate,
             "requested": s.requested,
             "prefilled": s.prefilled,
+            "early_arrivals": self.early_arrivals,
             "sent": c.sent,
             "acked": c.acked,
             "enqueue_secs": round3(self.enqueue_secs),
@@ -285,6 +295,7 @@ mod tests {
             }),
             errors: BTreeMap::new(),
             drained: true,
+            early_arrivals: 0,
         }
     }
 
@@ -312,6 +323,8 @@ mod tests {
         assert_eq!(r.problems(true).len(), 1, "duplicates allowed, the loss is not");
         r.counts.order_violations = 1;
         assert_eq!(r.problems(true).len(), 2);
+        r.early_arrivals = 3;
+        assert_eq!(r.problems(true).len(), 3, "an early arrival fails a prefilled run");
         let nothing = report(Mode::Coreq, 0, 0.0);
         assert_eq!(nothing.problems(false), ["coreq: no callback was acknowledged"]);
         assert_eq!(nothing.delivery_per_sec(), 0.0);

@@ -70,6 +70,7 @@ pub async fn run_coreq(opts: &LoadOptions, target: &Target) -> Result<Report> {
     let http = api_client(target.ca.as_deref(), opts.concurrency)?;
     let coreq = Arc::new(Coreq::login(http, &target.base, &target.user, &target.password).await?);
     let held = format!("{}{HELD_PATH}", receiver.base_url());
+    ledger.held.store(opts.prefill, Ordering::SeqCst);
     let first_url = if opts.prefill { held } else { receiver.url() };
     coreq.set_webhook(&first_url, opts.webhook_concurrency).await?;
 
@@ -83,6 +84,8 @@ pub async fn run_coreq(opts: &LoadOptions, target: &Target) -> Result<Report> {
         // Every worker done: the backlog is complete. A new URL makes coreq retry its failed
         // callbacks at once, and everything behind them follows.
         while workers.join_next().await.is_some() {}
+        // Cleared first: a callback that arrives after the new URL is set is not early.
+        phase.ledger.held.store(false, Ordering::SeqCst);
         coreq.set_webhook(&receiver.url(), opts.webhook_concurrency).await?;
     }
     let report = finish(phase, workers, opts, opts.concurrency).await;
@@ -134,6 +137,10 @@ async fn finish(phase: Arc<Phase>, mut workers: JoinSet<()>, opts: &LoadOptions,
 struct Ledger {
     run: String,
     tracker: Mutex<Tracker>,
+    /// `--prefill`: true until coreq's webhook is pointed at the real path.
+    held: AtomicBool,
+    /// Callbacks that reached the real path while `held` (the hold did not hold).
+    early: AtomicU64,
 }
 
 impl Ledger {
@@ -142,6 +149,8 @@ impl Ledger {
         Arc::new(Ledger {
             run: payload::run_id(),
             tracker: Mutex::new(tracker),
+            held: AtomicBool::new(false),
+            early: AtomicU64::new(0),
         })
     }
 
@@ -154,6 +163,9 @@ impl Ledger {
     /// One request at the receiver.
     fn observe(&self, body: &[u8]) {
         let (now_us, at) = (unix_micros(), Instant::now());
+        if self.held.load(Ordering::SeqCst) {
+            self.early.fetch_add(1, Ordering::Relaxed);
+        }
         // Parsed outside the lock: the senders need it too.
         match parse_marker(body) {
             Some(marker) if marker.run == self.run => {
@@ -278,6 +290,7 @@ impl Phase {
             latency: tracker.latency(),
             errors: self.errors.lock().unwrap_or_else(PoisonError::into_inner).clone(),
             drained,
+            early_arrivals: self.ledger.early.load(Ordering::Relaxed),
         }
     }
 }

@@ -191,18 +191,22 @@ impl Dispatcher {
                 Some(command) = self.commands.recv() => self.command(command),
                 () = self.shared.enqueued.notified() => self.more_in_store = true,
                 changed = self.settings.changed() => {
-                    if changed.is_err() { return; }
+                    if changed.is_err() {
+                        // The settings are gone: the service is shutting down.
+                        return self.record_last_deliveries();
+                    }
                     self.settings_changed();
                 }
                 () = tokio::time::sleep(retry_in) => {}
-                _ = stop.wait_for(|stopped| *stopped) => {
-                    // Delivered before the stop: not to be sent again after the restart.
-                    if let Err(e) = self.record_deliveries(true) {
-                        tracing::error!(error = %e, "dispatcher: cannot record the last deliveries");
-                    }
-                    return;
-                }
+                _ = stop.wait_for(|stopped| *stopped) => return self.record_last_deliveries(),
             }
+        }
+    }
+
+    /// Delivered before a stop: not to be sent again after the restart.
+    fn record_last_deliveries(&mut self) {
+        if let Err(e) = self.record_deliveries(true) {
+            tracing::error!(error = %e, "dispatcher: cannot record the last deliveries");
         }
     }
 

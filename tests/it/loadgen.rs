@@ -36,6 +36,10 @@ fn a_prefilled_run_holds_the_backlog_then_delivers_every_callback_once() {
     let report = runtime.block_on(run_coreq(&options, &target)).unwrap();
 
     assert!(report.setup.prefilled);
+    assert_eq!(
+        report.early_arrivals, 0,
+        "a callback reached the webhook before the release"
+    );
     assert!(report.drained, "not every acknowledged callback arrived: {report:?}");
     let counts = report.counts;
     assert_eq!((counts.acked, counts.delivered), (3000, 3000));

@@ -105,10 +105,8 @@ impl SledState {
         self.marks.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Pending callbacks at open: every page's length less its set bits. Pages of schema 1
-    /// are migrated first.
+    /// Pending callbacks at open: every page's length less its set bits.
     pub(super) fn count_pending_callbacks(&self) -> Result<u64> {
-        self.migrate_legacy_callbacks()?;
         let mut pending = 0;
         for kv in self.db.scan_prefix([PAGE]) {
             let (k, v) = kv?;
@@ -121,7 +119,7 @@ impl SledState {
 
     /// Callback schema 1 kept one key per callback; each becomes a page of one. Idempotent:
     /// a crash midway leaves keys that the next open migrates again.
-    fn migrate_legacy_callbacks(&self) -> Result<()> {
+    pub(super) fn migrate_legacy_callbacks(&self) -> Result<()> {
         let mut migrated = 0u64;
         for kv in self.db.scan_prefix([LEGACY_CALLBACK]) {
             let (k, v) = kv?;

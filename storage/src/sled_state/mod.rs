@@ -200,6 +200,7 @@ impl SledState {
             with_attempts: Mutex::new(HashSet::new()),
             marks: Mutex::new(()),
         };
+        state.migrate_legacy_callbacks()?;
         state
             .pending_callbacks
             .store(state.count_pending_callbacks()?, Ordering::Relaxed);
