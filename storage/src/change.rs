@@ -80,4 +80,20 @@ pub enum Change {
         name: String,
         value: u64,
     },
+    /// Several changes that take effect together or not at all: a status and the callback
+    /// that reports it, so that a crash can neither lose the callback nor report it twice.
+    /// Holds only leaf changes (no nested `Together`).
+    Together {
+        changes: Vec<Change>,
+    },
+}
+
+impl Change {
+    /// Calls `visit` with every leaf change in this record, in order.
+    pub fn for_each_leaf<'a>(&'a self, visit: &mut impl FnMut(&'a Change)) {
+        match self {
+            Change::Together { changes } => changes.iter().for_each(|c| c.for_each_leaf(visit)),
+            leaf => visit(leaf),
+        }
+    }
 }

@@ -55,7 +55,7 @@ pub const SCHEMA_VERSIONS: [(&str, u32); 5] = [
     ("callback", 2),
     ("config", 1),
     ("jobqueue", 1),
-    ("message", 1),
+    ("message", 2),
     ("user", 1),
 ];
 
@@ -105,6 +105,8 @@ struct Inner {
     /// The same for the send queue.
     visible_sends: Watermark,
     checkpointing: Mutex<()>,
+    /// Serializes [`Store::record_statuses`]: its check and its commit are one step.
+    status_writer: tokio::sync::Mutex<()>,
     retaining_cursors: Vec<String>,
     poisoned: Mutex<Option<String>>,
 }
@@ -137,6 +139,7 @@ impl Store {
                 visible_callbacks: Watermark::new(counters.next_callback_seq - 1),
                 visible_sends: Watermark::new(counters.next_send_seq - 1),
                 checkpointing: Mutex::new(()),
+                status_writer: tokio::sync::Mutex::new(()),
                 retaining_cursors: retaining,
                 poisoned: Mutex::new(None),
             }),
@@ -239,7 +242,7 @@ impl Store {
             return Err(e);
         }
         for change in changes {
-            match change {
+            change.for_each_leaf(&mut |leaf| match leaf {
                 Change::CallbacksEnqueued { first_seq, bodies, .. } => {
                     self.inner
                         .visible_callbacks
@@ -249,7 +252,7 @@ impl Store {
                     self.inner.visible_sends.mark(message.send_seq..=message.send_seq)
                 }
                 _ => {}
-            }
+            });
         }
         if let Some(lsns) = lsns {
             self.inner.applied.mark(lsns);
@@ -417,22 +420,62 @@ impl Store {
         Ok(())
     }
 
-    /// Records a status of a message once; returns false if it already had it (durable).
-    /// Callers serialize status updates of one message (the gateway's event stream has one
-    /// consumer); two concurrent calls with the same status could both return true.
-    pub async fn record_status(&self, id: &str, status: &str, at: UnixMillis, errors: Option<Vec<u8>>) -> Result<bool> {
-        match self.inner.state.message(id)? {
-            Some(m) if !m.has_status(status) => {}
-            _ => return Ok(false),
+    /// Records the reports whose message exists and does not have that status yet, each
+    /// together with its callback in one record (a crash keeps both or neither); returns the
+    /// reports recorded, in order, with their callback seqs, once durable. Calls are
+    /// serialized, so a status is recorded, and its callback enqueued, at most once.
+    pub async fn record_statuses(
+        &self,
+        reports: Vec<StatusReport>,
+        now: UnixMillis,
+    ) -> Result<Vec<(StatusReport, Option<CallbackSeq>)>> {
+        let _one_writer = self.inner.status_writer.lock().await;
+        let mut fresh: Vec<StatusReport> = Vec::with_capacity(reports.len());
+        for report in reports {
+            let known = match self.inner.state.message(&report.id)? {
+                None => true,
+                Some(m) => m.has_status(&report.status),
+            };
+            let repeated = fresh.iter().any(|f| f.id == report.id && f.status == report.status);
+            if !known && !repeated {
+                fresh.push(report);
+            }
         }
-        let change = Change::MessageStatus {
-            id: id.to_owned(),
-            status: status.to_owned(),
-            at,
-            errors,
-        };
-        self.commit_durable(|_| vec![change]).await?;
-        Ok(true)
+        if fresh.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut seqs = Vec::with_capacity(fresh.len());
+        let records = fresh.clone();
+        self.commit_durable(|c| {
+            records
+                .into_iter()
+                .map(|report| {
+                    let status = Change::MessageStatus {
+                        id: report.id,
+                        status: report.status,
+                        at: report.at,
+                        errors: report.errors,
+                    };
+                    let Some(body) = report.callback else {
+                        seqs.push(None);
+                        return status;
+                    };
+                    let first_seq = c.next_callback_seq;
+                    c.next_callback_seq += 1;
+                    seqs.push(Some(first_seq));
+                    let callback = Change::CallbacksEnqueued {
+                        first_seq,
+                        enqueued_at: now,
+                        bodies: vec![body],
+                    };
+                    Change::Together {
+                        changes: vec![status, callback],
+                    }
+                })
+                .collect()
+        })
+        .await?;
+        Ok(fresh.into_iter().zip(seqs).collect())
     }
 
     /// Deletes messages (garbage collection). Durable.
@@ -577,6 +620,11 @@ impl Store {
     /// Reads committed records from `from` on (for the mirror and tools).
     pub fn read_log(&self, from: Lsn) -> Option<coreq_wal::Reader<Change>> {
         self.inner.wal.as_ref().map(|w| w.read_from(from))
+    }
+
+    /// True when `other` is this very store (not a copy of its contents).
+    pub fn is_same(&self, other: &Store) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// True when this store keeps nothing across restarts.

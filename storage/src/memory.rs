@@ -40,6 +40,9 @@ impl MemoryState {
 
 impl State for MemoryState {
     fn apply(&self, change: &Change) -> Result<()> {
+        if let Change::Together { changes } = change {
+            return self.apply_all(changes);
+        }
         let mut m = self.maps.write().expect("memory state lock");
         match change {
             Change::CallbacksEnqueued {
@@ -119,6 +122,7 @@ impl State for MemoryState {
             Change::CursorSet { name, value } => {
                 m.cursors.insert(name.clone(), *value);
             }
+            Change::Together { .. } => {} // applied above, part by part
         }
         Ok(())
     }

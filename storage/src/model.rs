@@ -77,6 +77,17 @@ pub struct StatusEntry {
     pub errors: Option<Vec<u8>>,
 }
 
+/// A status change reported by the gateway, with the callback that tells the webhook about it
+/// (`None` when the webhook does not want this status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusReport {
+    pub id: String,
+    pub status: String,
+    pub at: UnixMillis,
+    pub errors: Option<Vec<u8>>,
+    pub callback: Option<Vec<u8>>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
     Admin,

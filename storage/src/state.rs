@@ -25,6 +25,10 @@ impl Counters {
 
     /// Raises the counters past the ids `change` uses.
     pub fn observe(&mut self, change: &Change) {
+        change.for_each_leaf(&mut |leaf| self.observe_leaf(leaf));
+    }
+
+    fn observe_leaf(&mut self, change: &Change) {
         match change {
             Change::CallbacksEnqueued { first_seq, bodies, .. } => {
                 self.next_callback_seq = self.next_callback_seq.max(first_seq + bodies.len() as u64);

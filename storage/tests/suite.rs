@@ -2,7 +2,7 @@
 //! store (real sled and a real WAL in a temp dir). Recovery behaviours, which only the durable
 //! store has, follow at the end.
 
-use coreq_storage::{Role, Store, StoreConfig, Token, User};
+use coreq_storage::{Role, StatusReport, Store, StoreConfig, Token, User};
 
 /// A store plus whatever keeps its files alive.
 struct Fixture {
@@ -63,6 +63,9 @@ suite!(
     handed_message_leaves_the_send_queue,
     each_status_is_recorded_once,
     status_of_unknown_message_is_not_recorded,
+    a_status_with_a_callback_enqueues_the_callback_with_it,
+    a_status_reported_twice_in_one_batch_is_recorded_and_called_back_once,
+    a_known_status_enqueues_no_callback,
     deleted_messages_are_gone_from_store_and_queue,
     message_ids_page_in_order,
     settings_are_written_together_and_removed_with_none,
@@ -81,6 +84,7 @@ macro_rules! concurrent_suite {
 }
 
 concurrent_suite!(
+    concurrent_reports_of_one_status_record_it_once,
     head_of_the_queue_never_shows_a_hole_under_concurrent_enqueues,
     send_queue_never_shows_a_hole_under_concurrent_accepts
 );
@@ -339,14 +343,33 @@ async fn handed_message_leaves_the_send_queue(f: Fixture) {
     assert!(f.store.message("m1").unwrap().unwrap().handed_to_gateway);
 }
 
+fn report(id: &str, status: &str, at: u64, callback: Option<&str>) -> StatusReport {
+    StatusReport {
+        id: id.into(),
+        status: status.into(),
+        at,
+        errors: None,
+        callback: callback.map(|c| c.as_bytes().to_vec()),
+    }
+}
+
+/// Records one status without a callback; true if it was new.
+async fn record(store: &Store, id: &str, status: &str, at: u64) -> bool {
+    !store
+        .record_statuses(vec![report(id, status, at, None)], at)
+        .await
+        .unwrap()
+        .is_empty()
+}
+
 async fn each_status_is_recorded_once(f: Fixture) {
     f.store
         .accept_message("m1".into(), "1".into(), vec![], 0)
         .await
         .unwrap();
-    assert!(f.store.record_status("m1", "sent", 5, None).await.unwrap());
-    assert!(!f.store.record_status("m1", "sent", 6, None).await.unwrap());
-    assert!(f.store.record_status("m1", "delivered", 7, None).await.unwrap());
+    assert!(record(&f.store, "m1", "sent", 5).await);
+    assert!(!record(&f.store, "m1", "sent", 6).await);
+    assert!(record(&f.store, "m1", "delivered", 7).await);
     let statuses: Vec<_> = f
         .store
         .message("m1")
@@ -360,8 +383,63 @@ async fn each_status_is_recorded_once(f: Fixture) {
 }
 
 async fn status_of_unknown_message_is_not_recorded(f: Fixture) {
-    assert!(!f.store.record_status("nope", "sent", 1, None).await.unwrap());
+    assert!(!record(&f.store, "nope", "sent", 1).await);
     assert!(f.store.message("nope").unwrap().is_none());
+}
+
+async fn a_status_with_a_callback_enqueues_the_callback_with_it(f: Fixture) {
+    f.store
+        .accept_message("m1".into(), "1".into(), vec![], 0)
+        .await
+        .unwrap();
+    let recorded = f
+        .store
+        .record_statuses(vec![report("m1", "sent", 5, Some("{\"s\":1}"))], 9)
+        .await
+        .unwrap();
+    assert_eq!(recorded.len(), 1);
+    let pending = f.store.pending_callbacks(None, 10).unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(Some(pending[0].seq), recorded[0].1);
+    assert_eq!(pending[0].body, b"{\"s\":1}");
+    assert_eq!(pending[0].enqueued_at, 9);
+}
+
+async fn a_status_reported_twice_in_one_batch_is_recorded_and_called_back_once(f: Fixture) {
+    f.store
+        .accept_message("m1".into(), "1".into(), vec![], 0)
+        .await
+        .unwrap();
+    let recorded = f
+        .store
+        .record_statuses(
+            vec![
+                report("m1", "sent", 5, Some("{}")),
+                report("m1", "sent", 6, Some("{}")),
+                report("m1", "delivered", 7, Some("{}")),
+            ],
+            9,
+        )
+        .await
+        .unwrap();
+    let statuses: Vec<_> = recorded.iter().map(|(r, _)| r.status.as_str()).collect();
+    assert_eq!(statuses, ["sent", "delivered"]);
+    assert_eq!(f.store.pending_callback_count(), 2);
+}
+
+async fn a_known_status_enqueues_no_callback(f: Fixture) {
+    f.store
+        .accept_message("m1".into(), "1".into(), vec![], 0)
+        .await
+        .unwrap();
+    assert!(record(&f.store, "m1", "sent", 5).await);
+    let again = f
+        .store
+        .record_statuses(vec![report("m1", "sent", 6, Some("{}"))], 9)
+        .await
+        .unwrap();
+    assert!(again.is_empty());
+    assert_eq!(f.store.pending_callback_count(), 0);
 }
 
 async fn deleted_messages_are_gone_from_store_and_queue(f: Fixture) {
@@ -491,6 +569,50 @@ async fn state_is_rebuilt_from_the_wal_alone_when_sled_is_lost_before_a_checkpoi
     assert_eq!(store.setting("k").unwrap(), Some(b"v".to_vec()));
     assert_eq!(store.send_queue_len(), 1);
     assert_eq!(store.enqueue_callbacks(bodies(1), 0).await.unwrap(), vec![4]);
+}
+
+async fn concurrent_reports_of_one_status_record_it_once(f: Fixture) {
+    for i in 0..20 {
+        let id = format!("m{i}");
+        f.store.accept_message(id.clone(), "1".into(), vec![], 0).await.unwrap();
+        let reporters: Vec<_> = (0..4)
+            .map(|_| {
+                let (store, id) = (f.store.clone(), id.clone());
+                tokio::spawn(async move {
+                    store
+                        .record_statuses(vec![report(&id, "sent", 1, Some("{}"))], 1)
+                        .await
+                        .unwrap()
+                        .len()
+                })
+            })
+            .collect();
+        let mut recorded = 0;
+        for r in reporters {
+            recorded += r.await.unwrap();
+        }
+        assert_eq!(recorded, 1, "{id}");
+    }
+    assert_eq!(f.store.pending_callback_count(), 20);
+}
+
+#[tokio::test]
+async fn a_status_and_its_callback_are_replayed_together_from_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _) = reopen(dir.path());
+        store.accept_message("m".into(), "1".into(), vec![], 0).await.unwrap();
+        store
+            .record_statuses(vec![report("m", "sent", 5, Some("{}"))], 5)
+            .await
+            .unwrap();
+    }
+    std::fs::remove_dir_all(dir.path().join("state")).unwrap();
+    let (store, report) = reopen(dir.path());
+    assert_eq!(report.replayed, 2);
+    assert!(store.message("m").unwrap().unwrap().has_status("sent"));
+    assert_eq!(store.pending_callback_count(), 1);
+    assert_eq!(store.enqueue_callbacks(bodies(1), 0).await.unwrap(), vec![2]);
 }
 
 #[tokio::test]

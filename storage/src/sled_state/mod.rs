@@ -422,6 +422,9 @@ impl State for SledState {
             Change::CursorSet { name, value } => {
                 self.db.insert(key(b'r', name.as_bytes()), &value.to_be_bytes())?;
             }
+            // Applied one after the other: replay applies the whole record again after a crash
+            // between its parts, and every part is idempotent.
+            Change::Together { changes } => self.apply_all(changes)?,
         }
         Ok(())
     }
