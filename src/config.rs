@@ -57,6 +57,26 @@ pub struct ServeArgs {
     /// Upstream of the `http` gateway.
     #[arg(long, env = "COREQ_GATEWAY_URL")]
     pub gateway_url: Option<String>,
+    /// Most messages being handed to the gateway at once.
+    #[arg(long, env = "COREQ_GATEWAY_CONCURRENCY", default_value = "8")]
+    pub gateway_concurrency: usize,
+    /// A message's n-th consecutive failed send waits n times this before the next, in
+    /// milliseconds…
+    #[arg(long, env = "COREQ_GATEWAY_BACKOFF_MS", default_value = "1000")]
+    pub gateway_backoff_ms: u64,
+    /// …but never longer than this.
+    #[arg(long, env = "COREQ_GATEWAY_MAX_BACKOFF_MS", default_value = "60000")]
+    pub gateway_max_backoff_ms: u64,
+    /// Per-request timeout of the `http` gateway, in milliseconds.
+    #[arg(long, env = "COREQ_GATEWAY_TIMEOUT_MS", default_value = "10000")]
+    pub gateway_timeout_ms: u64,
+    /// The `sim` gateway's delay before it accepts a message, and between the statuses it
+    /// reports, in milliseconds.
+    #[arg(long, env = "COREQ_SIM_DELAY_MS", default_value = "200")]
+    pub sim_delay_ms: u64,
+    /// Finished messages older than this are garbage-collected, in seconds (default 30 days).
+    #[arg(long, env = "COREQ_MESSAGE_RETENTION_SECS", default_value = "2592000")]
+    pub message_retention_secs: u64,
     /// PEM certificate chain for serving the API over TLS.
     #[arg(long, env = "COREQ_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -154,6 +174,10 @@ pub struct Config {
     pub database: Option<DatabaseConfig>,
     pub gateway: GatewayKind,
     pub gateway_url: Option<url::Url>,
+    pub sender: crate::messages::sender::SenderConfig,
+    pub gateway_timeout: Duration,
+    pub sim_delay: Duration,
+    pub message_retention: Duration,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub webhook_ca: Option<PathBuf>,
     pub allow_http_webhooks: bool,
@@ -178,6 +202,10 @@ impl std::fmt::Debug for Config {
             .field("database", &self.database)
             .field("gateway", &self.gateway)
             .field("gateway_url", &self.gateway_url.as_ref().map(|u| u.as_str()))
+            .field("sender", &self.sender)
+            .field("gateway_timeout", &self.gateway_timeout)
+            .field("sim_delay", &self.sim_delay)
+            .field("message_retention", &self.message_retention)
             .field("tls", &self.tls)
             .field("webhook_ca", &self.webhook_ca)
             .field("allow_http_webhooks", &self.allow_http_webhooks)
@@ -268,6 +296,39 @@ impl Config {
         if !(1..=4096).contains(&args.callback_window_mb) {
             return Err(bad("--callback-window-mb/COREQ_CALLBACK_WINDOW_MB", "must be 1..=4096"));
         }
+        if !(1..=256).contains(&args.gateway_concurrency) {
+            return Err(bad(
+                "--gateway-concurrency/COREQ_GATEWAY_CONCURRENCY",
+                "must be 1..=256",
+            ));
+        }
+        if !(1..=3_600_000).contains(&args.gateway_max_backoff_ms) {
+            return Err(bad(
+                "--gateway-max-backoff-ms/COREQ_GATEWAY_MAX_BACKOFF_MS",
+                "must be 1..=3600000",
+            ));
+        }
+        if !(1..=args.gateway_max_backoff_ms).contains(&args.gateway_backoff_ms) {
+            return Err(bad(
+                "--gateway-backoff-ms/COREQ_GATEWAY_BACKOFF_MS",
+                "must be at least 1 and at most the maximum backoff",
+            ));
+        }
+        if !(1..=600_000).contains(&args.gateway_timeout_ms) {
+            return Err(bad(
+                "--gateway-timeout-ms/COREQ_GATEWAY_TIMEOUT_MS",
+                "must be 1..=600000",
+            ));
+        }
+        if args.sim_delay_ms > 60_000 {
+            return Err(bad("--sim-delay-ms/COREQ_SIM_DELAY_MS", "must be at most 60000"));
+        }
+        if args.message_retention_secs == 0 || args.message_retention_secs > 10 * 365 * 86_400 {
+            return Err(bad(
+                "--message-retention-secs/COREQ_MESSAGE_RETENTION_SECS",
+                "must be 1 second to 10 years",
+            ));
+        }
         if args.callback_high_water == 0 {
             return Err(bad(
                 "--callback-high-water/COREQ_CALLBACK_HIGH_WATER",
@@ -283,6 +344,14 @@ impl Config {
             database,
             gateway: args.gateway,
             gateway_url,
+            sender: crate::messages::sender::SenderConfig {
+                concurrency: args.gateway_concurrency,
+                backoff: Duration::from_millis(args.gateway_backoff_ms),
+                max_backoff: Duration::from_millis(args.gateway_max_backoff_ms),
+            },
+            gateway_timeout: Duration::from_millis(args.gateway_timeout_ms),
+            sim_delay: Duration::from_millis(args.sim_delay_ms),
+            message_retention: Duration::from_secs(args.message_retention_secs),
             tls,
             webhook_ca: args.webhook_ca,
             allow_http_webhooks: args.allow_http_webhooks,
@@ -430,6 +499,25 @@ mod tests {
         assert_eq!(config.log_dir, dir.path().join("logs"));
         assert_eq!(config.gateway, GatewayKind::None);
         assert!(config.database.is_none());
+    }
+
+    #[test]
+    fn a_gateway_backoff_above_its_maximum_is_refused_naming_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = args(dir.path());
+        a.gateway_backoff_ms = 70_000;
+        assert_eq!(
+            refused(a, EnvSecrets::default()).setting,
+            "--gateway-backoff-ms/COREQ_GATEWAY_BACKOFF_MS"
+        );
+    }
+
+    #[test]
+    fn the_gateway_retries_back_off_to_at_most_a_minute_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::from_args(args(dir.path()), EnvSecrets::default()).unwrap();
+        assert_eq!(config.sender.max_backoff, Duration::from_secs(60));
+        assert_eq!(config.message_retention, Duration::from_secs(30 * 86_400));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod config;
 pub mod delivery;
 pub mod disk;
 pub mod error;
+pub mod gateway;
 pub mod messages;
 mod server;
 pub mod settings;

@@ -20,7 +20,12 @@ use crate::delivery::webhook::WebhookClient;
 use crate::delivery::{self, Delivery};
 use crate::disk::SpaceGuard;
 use crate::error::ServeError;
+use crate::gateway::http::HttpGateway;
+use crate::gateway::sim::Simulator;
+use crate::gateway::{Link, LinkState};
 use crate::messages::Messages;
+use crate::messages::gc::Collector;
+use crate::messages::sender::Sender;
 use crate::settings::Settings;
 use crate::telemetry::{self, catalog, catalog::CHECKPOINT_SECONDS};
 
@@ -42,11 +47,6 @@ pub async fn run_with_clock(
     shutdown: impl Future<Output = ()> + Send + 'static,
     clock: Arc<dyn Clock>,
 ) -> Result<(), ServeError> {
-    if config.gateway != GatewayKind::None {
-        return Err(ServeError::Unsupported(
-            "gateways sim and http (issue 5); run with --gateway none",
-        ));
-    }
     if config.database.is_some() {
         return Err(ServeError::Unsupported(
             "mirroring into PostgreSQL or MySQL (issue 6); run without --database-url/WA_DB_*",
@@ -90,15 +90,18 @@ pub async fn run_with_clock(
     let space = SpaceGuard::new(&config.data_dir, &config.log_dir, config.min_free_bytes);
     let client = WebhookClient::new(config.webhook_timeout, config.webhook_ca.as_deref())?;
     let queue = delivery::queue_for(&store, current.callback_persist).await?;
-    let messages = Messages::new(store.clone(), clock.clone());
     let (delivery, dispatcher) = Delivery::start(
         queue,
         client,
-        clock,
+        clock.clone(),
         settings.subscribe(),
         config.delivery.clone(),
         stop_rx.clone(),
     );
+    let messages = Messages::new(store.clone(), clock.clone(), delivery.clone(), settings.subscribe());
+    let (link, sim) = start_gateway(&config, &store, &messages, clock, &stop_rx).await?;
+    let gc = Collector::new(messages.clone(), config.message_retention);
+    tokio::spawn(gc.clone().run_periodically(settings.subscribe(), stop_rx.clone()));
     let checkpoint_interval = config.checkpoint_interval;
     state.set_ready(Services {
         config: Arc::new(config),
@@ -108,6 +111,9 @@ pub async fn run_with_clock(
         space,
         delivery,
         messages,
+        link,
+        sim: sim.clone(),
+        gc,
     });
     tracing::info!("coreq ready");
 
@@ -121,10 +127,57 @@ pub async fn run_with_clock(
     let _ = stop_tx.send(true);
     let _ = server.await;
     let _ = dispatcher.await;
+    if let Some(sim) = sim {
+        sim.close();
+    }
     if outcome.is_ok() {
         checkpoint(&store).await?;
     }
     outcome
+}
+
+/// Starts the configured gateway and, unless it is `none`, the sender feeding it. Returns the
+/// link that health and support show, and the simulator when it runs.
+async fn start_gateway(
+    config: &Config,
+    store: &Store,
+    messages: &Messages,
+    clock: Arc<dyn Clock>,
+    stop: &watch::Receiver<bool>,
+) -> Result<(Link, Option<Arc<Simulator>>), ServeError> {
+    match config.gateway {
+        GatewayKind::None => Ok((Link::new(LinkState::Unregistered), None)),
+        GatewayKind::Http => {
+            let link = Link::new(LinkState::Connecting);
+            let url = config
+                .gateway_url
+                .clone()
+                .ok_or(ServeError::Unsupported("--gateway http without --gateway-url"))?;
+            let gateway = HttpGateway::new(url, config.gateway_timeout, config.webhook_ca.as_deref(), link.clone())?;
+            let sender = Sender::new(messages, Arc::new(gateway), link.clone(), config.sender.clone());
+            tokio::spawn(sender.run(stop.clone()));
+            Ok((link, None))
+        }
+        GatewayKind::Sim => {
+            let link = Link::new(LinkState::Connecting);
+            let (dir, delay, store2, messages2, link2) = (
+                config.data_dir.join("sim"),
+                config.sim_delay,
+                store.clone(),
+                messages.clone(),
+                link.clone(),
+            );
+            let (sim, reporter) =
+                tokio::task::spawn_blocking(move || Simulator::open(&dir, delay, link2, &store2, messages2, clock))
+                    .await
+                    .map_err(|e| ServeError::Task(e.to_string()))?
+                    .map_err(|e| ServeError::Task(format!("opening the sim gateway's journal: {e}")))?;
+            tokio::spawn(reporter.run(stop.clone()));
+            let sender = Sender::new(messages, sim.clone(), link.clone(), config.sender.clone());
+            tokio::spawn(sender.run(stop.clone()));
+            Ok((link, Some(sim)))
+        }
+    }
 }
 
 async fn serve_http(listener: TcpListener, state: AppState, mut stop: watch::Receiver<bool>) -> std::io::Result<()> {

@@ -15,12 +15,9 @@ pub fn routes() -> Router<AppState> {
 }
 
 async fn health(State(state): State<AppState>, _caller: Monitor) -> Result<Json<Value>, ApiError> {
-    // No gateway exists yet (issue 5): once recovered, the only configuration `run` accepts is
-    // `--gateway none`, which the On-Premises API reports as `unregistered`.
-    let gateway_status = if state.is_ready() {
-        "unregistered"
-    } else {
-        "uninitialized"
+    let gateway_status = match state.services() {
+        Ok(services) => services.link.get().gateway_status(),
+        Err(_) => "uninitialized",
     };
     Ok(Json(
         json!({ "health": { "gateway_status": gateway_status }, "meta": meta() }),

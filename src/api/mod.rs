@@ -11,7 +11,9 @@ mod callbacks;
 pub mod error;
 mod health;
 mod messages;
+mod services;
 mod settings;
+mod sim;
 mod stats;
 mod support;
 mod users;
@@ -32,7 +34,10 @@ use crate::auth::{Accounts, ApiKey};
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::disk::{LowSpace, SpaceGuard};
+use crate::gateway::Link;
+use crate::gateway::sim::Simulator;
 use crate::messages::Messages;
+use crate::messages::gc::Collector;
 use crate::settings::Settings;
 use crate::telemetry::catalog::{HTTP_REQUEST_SECONDS, HTTP_REQUESTS};
 use error::ApiError;
@@ -46,6 +51,11 @@ pub struct Services {
     pub space: SpaceGuard,
     pub delivery: Delivery,
     pub messages: Messages,
+    /// The gateway's link state (health, support).
+    pub link: Link,
+    /// The simulator, when `--gateway sim` runs (its API exists only then).
+    pub sim: Option<Arc<Simulator>>,
+    pub gc: Collector,
 }
 
 /// What handlers share. The API key is known from the start; the services appear once
@@ -98,6 +108,8 @@ pub fn router(state: AppState) -> Router {
         .merge(support::routes())
         .merge(callbacks::routes())
         .merge(messages::routes())
+        .merge(services::routes())
+        .merge(sim::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -12,7 +12,6 @@ use time::format_description::well_known::Rfc3339;
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
 use crate::api::{AppState, Services, meta};
-use crate::config::GatewayKind;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/support", get(support))
@@ -58,11 +57,7 @@ fn describe(services: &Services) -> Result<Value, ApiError> {
         "os_name": os_name,
         "os_version": os_version,
         "schema": schema,
-        "socket_conn": match config.gateway {
-            // No gateway is configured: there is no link to the network.
-            GatewayKind::None => "DN",
-            GatewayKind::Sim | GatewayKind::Http => "UNK",
-        },
+        "socket_conn": services.link.get().socket_conn(),
         "version": env!("CARGO_PKG_VERSION"),
         "wal": wal(services),
         "replication": { "target": null, "mirrored_lsn": null, "lag_records": null, "lag_seconds": null, "last_error": null },

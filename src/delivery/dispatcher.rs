@@ -332,7 +332,7 @@ impl Dispatcher {
         let secret = target.secret.clone();
         self.requests.spawn(async move {
             let started = std::time::Instant::now();
-            let outcome = client.post(url, entry.body.clone(), secret.as_deref()).await;
+            let outcome = client.post(url, entry.seq, entry.body.clone(), secret.as_deref()).await;
             Attempted {
                 entry,
                 outcome,

@@ -7,6 +7,7 @@
 //! choice is made once at start; changing the setting takes effect at the next start.
 
 mod dispatcher;
+pub use dispatcher::backoff_ms;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -105,6 +106,25 @@ impl Delivery {
         let seqs = self.queue.enqueue_callbacks(bodies, self.clock.now_ms()).await?;
         self.shared.enqueued.notify_one();
         Ok(seqs)
+    }
+
+    /// Enqueues callbacks that coreq produced itself (statuses, inbound messages, service
+    /// reports). Never refused for the high-water mark: they report what already happened.
+    pub async fn enqueue_produced(&self, bodies: Vec<Vec<u8>>) -> Result<Vec<CallbackSeq>, DeliveryError> {
+        let seqs = self.queue.enqueue_callbacks(bodies, self.clock.now_ms()).await?;
+        self.shared.enqueued.notify_one();
+        Ok(seqs)
+    }
+
+    /// True when callbacks live in `store` itself (`callback_persist`): a record there may then
+    /// carry a callback along with the change it reports.
+    pub fn queues_in(&self, store: &Store) -> bool {
+        self.queue.is_same(store)
+    }
+
+    /// Tells the dispatcher that callbacks were written into its queue directly.
+    pub fn wake(&self) {
+        self.shared.enqueued.notify_one();
     }
 
     /// Pending callbacks after `after`, oldest first.

@@ -13,6 +13,9 @@ use sha2::Sha256;
 /// The most requests ever in flight (`webhooks.max_concurrent_requests` ≤ 24).
 const MAX_CONCURRENCY: usize = 24;
 
+/// The header carrying the callback's id ([ext]).
+pub const CALLBACK_ID: &str = "X-Coreq-Callback-Id";
+
 /// At most this much of a webhook's answer is read (to keep the connection reusable); the rest
 /// is dropped with the connection.
 const MAX_REPLY_BYTES: usize = 64 * 1024;
@@ -67,52 +70,32 @@ pub struct WebhookClient {
 
 impl WebhookClient {
     pub fn new(timeout: Duration, extra_ca: Option<&Path>) -> Result<WebhookClient, WebhookSetupError> {
-        // reqwest is built without a crypto provider: the process uses ring, installed once.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .pool_max_idle_per_host(MAX_CONCURRENCY)
-            .tcp_nodelay(true)
-            .http1_only();
-        if let Some(path) = extra_ca {
-            let pem = std::fs::read(path).map_err(|e| WebhookSetupError::Ca(format!("{}: {e}", path.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| WebhookSetupError::Ca(format!("{}: {e}", path.display())))?;
-            if certs.is_empty() {
-                return Err(WebhookSetupError::Ca(format!(
-                    "{}: no certificate in it",
-                    path.display()
-                )));
-            }
-            builder = builder.tls_certs_merge(certs);
-        }
-        let client = builder.build().map_err(|e| WebhookSetupError::Client(e.to_string()))?;
-        Ok(WebhookClient { client })
+        Ok(WebhookClient {
+            client: http_client(timeout, extra_ca)?,
+        })
     }
 
-    /// POSTs `body` as `application/json` to `url` exactly as given; delivered only on 200.
-    pub async fn post(&self, url: reqwest::Url, body: Bytes, signing_secret: Option<&str>) -> Result<(), Failure> {
+    /// POSTs `body` as `application/json` to `url` exactly as given, with the callback's id in
+    /// `X-Coreq-Callback-Id` (the same on every attempt: at-least-once delivery lets a
+    /// receiver see a callback twice, and the id lets it tell); delivered only on 200.
+    pub async fn post(
+        &self,
+        url: reqwest::Url,
+        id: u64,
+        body: Bytes,
+        signing_secret: Option<&str>,
+    ) -> Result<(), Failure> {
         let mut request = self
             .client
             .post(url)
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(CALLBACK_ID, id);
         if let Some(secret) = signing_secret {
             request = request.header("X-Hub-Signature-256", signature(secret, &body));
         }
         let mut response = request.body(body).send().await.map_err(classify)?;
         let status = response.status().as_u16();
-        // Read a bounded amount of the answer so the connection can go back to the pool.
-        let mut read = 0;
-        while read < MAX_REPLY_BYTES {
-            match response.chunk().await {
-                Ok(Some(chunk)) => read += chunk.len(),
-                Ok(None) => break,
-                Err(e) if status == 200 => return Err(classify(e)),
-                Err(_) => break,
-            }
-        }
+        drain_reply(&mut response, status == 200).await?;
         if status == 200 {
             Ok(())
         } else {
@@ -121,7 +104,49 @@ impl WebhookClient {
     }
 }
 
-fn classify(e: reqwest::Error) -> Failure {
+/// A pooled HTTP/1 client on rustls (ring) that never follows redirects, trusting the system
+/// roots plus `extra_ca`. Shared by the webhook client and the http gateway.
+pub(crate) fn http_client(timeout: Duration, extra_ca: Option<&Path>) -> Result<reqwest::Client, WebhookSetupError> {
+    // reqwest is built without a crypto provider: the process uses ring, installed once.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .pool_max_idle_per_host(MAX_CONCURRENCY)
+        .tcp_nodelay(true)
+        .http1_only();
+    if let Some(path) = extra_ca {
+        let pem = std::fs::read(path).map_err(|e| WebhookSetupError::Ca(format!("{}: {e}", path.display())))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| WebhookSetupError::Ca(format!("{}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(WebhookSetupError::Ca(format!(
+                "{}: no certificate in it",
+                path.display()
+            )));
+        }
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder.build().map_err(|e| WebhookSetupError::Client(e.to_string()))
+}
+
+/// Reads at most [`MAX_REPLY_BYTES`] of an answer, so that the connection can go back to the
+/// pool; an error is returned only when the answer counts (`keep_errors`).
+pub(crate) async fn drain_reply(response: &mut reqwest::Response, keep_errors: bool) -> Result<(), Failure> {
+    let mut read = 0;
+    while read < MAX_REPLY_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => read += chunk.len(),
+            Ok(None) => break,
+            Err(e) if keep_errors => return Err(classify(e)),
+            Err(_) => break,
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn classify(e: reqwest::Error) -> Failure {
     if e.is_timeout() {
         Failure::Timeout
     } else if e.is_connect() {

@@ -48,6 +48,9 @@ pub const CALLBACK_DELIVERY_SECONDS: &str = "coreq_callback_delivery_latency_sec
 pub const CALLBACK_ATTEMPTS: &str = "coreq_callback_attempts_total";
 pub const CALLBACK_RETRIES: &str = "coreq_callback_retries_total";
 pub const CALLBACKS_DROPPED: &str = "coreq_callbacks_dropped_total";
+/// On-Premises name; a gauge, since Prometheus wants counters to end in `_total`.
+pub const IN_MESSAGE_PERSISTED: &str = "in_message_persisted";
+pub const GATEWAY_ATTEMPTS: &str = "coreq_gateway_attempts_total";
 
 const fn def(name: &'static str, kind: Kind, area: Area, labels: &'static str, help: &'static str) -> MetricDef {
     MetricDef {
@@ -91,6 +94,13 @@ pub const CATALOG: &[MetricDef] = &[
         "Outgoing messages held in the message store.",
     ),
     def(
+        IN_MESSAGE_PERSISTED,
+        Kind::Gauge,
+        Area::App,
+        "",
+        "Inbound messages persisted (their callback durable) since the process started.",
+    ),
+    def(
         "db_pending_callbacks",
         Kind::Gauge,
         Area::Db,
@@ -119,6 +129,13 @@ pub const CATALOG: &[MetricDef] = &[
         "Webhook requests by result (success, the HTTP status, timeout, connect_error, transport_error) and callback type (inbound_message, status_change, service, other).",
     ),
     // coreq's own.
+    def(
+        GATEWAY_ATTEMPTS,
+        Kind::Counter,
+        Area::App,
+        "result",
+        "Sends of outgoing messages to the gateway, by result (accepted, failed).",
+    ),
     def(
         CALLBACK_DELIVERY_SECONDS,
         Kind::Histogram,

@@ -28,6 +28,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/stats/db"),
     ("POST", "/v1/messages"),
     ("GET", "/v1/messages/x"),
+    ("PUT", "/v1/services/message/gc"),
+    ("PUT", "/v1/sim/gateway"),
+    ("GET", "/v1/sim/gateway"),
+    ("POST", "/v1/sim/inbound"),
     ("GET", "/metrics"),
     ("GET", "/livez"),
 ];
@@ -66,7 +70,8 @@ const KNOWN_FIELDS: &[&str] = &[
     "link",
 ];
 
-/// What a refused request must not change: settings and the users the test knows.
+/// What a refused request must not change: settings, the users the test knows, and the number
+/// of messages waiting for the gateway (there is none: every accepted message stays).
 fn snapshot(addr: SocketAddr, admin: &str) -> Value {
     let get = |path: &str| {
         let reply = request(addr, "GET", path, &[("Authorization", admin)], "");
@@ -75,10 +80,12 @@ fn snapshot(addr: SocketAddr, admin: &str) -> Value {
             serde_json::from_str::<Value>(&reply.body).unwrap_or(Value::Null)
         ])
     };
+    let pending_messages = get("/v1/stats/db")[1]["stats"]["db"]["db_pending_messages"]["data"][0]["value"].clone();
     json!([
         get("/v1/settings/application"),
         get("/v1/users/alice"),
-        get("/v1/users/admin")
+        get("/v1/users/admin"),
+        pending_messages
     ])
 }
 

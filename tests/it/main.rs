@@ -3,6 +3,8 @@
 mod backlog;
 mod delivery;
 mod delivery_crash;
+mod gateway;
+mod gc;
 mod health;
 mod hook;
 mod hostile;

@@ -95,23 +95,11 @@ fn a_killed_server_recovers_its_state_at_the_next_start() {
 }
 
 #[test]
-fn a_gateway_that_is_not_built_yet_is_refused_at_start() {
+fn the_http_gateway_without_an_upstream_exits_non_zero_naming_gateway_url() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--gateway", "sim", "--data-dir"])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert_ne!(status.code(), Some(0));
-    assert!(
-        stderr.contains("not supported yet") && stderr.contains("gateway"),
-        "{stderr}"
-    );
+    let (code, stderr) = refused(dir.path(), &["--gateway", "http"], &[]);
+    assert_ne!(code, 0);
+    assert_one_line_naming(&stderr, "--gateway-url");
 }
 
 #[test]
