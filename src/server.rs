@@ -98,8 +98,8 @@ pub async fn run_with_clock(
         config.delivery.clone(),
         stop_rx.clone(),
     );
-    let messages = Messages::new(store.clone(), clock.clone(), delivery.clone(), settings.subscribe());
-    let (link, sim) = start_gateway(&config, &store, &messages, clock, &stop_rx).await?;
+    let messages = Messages::new(store.clone(), clock, delivery.clone(), settings.subscribe());
+    let gateway = start_gateway(&config, &messages, &stop_rx).await?;
     let gc = Collector::new(messages.clone(), config.message_retention);
     tokio::spawn(gc.clone().run_periodically(settings.subscribe(), stop_rx.clone()));
     let checkpoint_interval = config.checkpoint_interval;
@@ -111,8 +111,8 @@ pub async fn run_with_clock(
         space,
         delivery,
         messages,
-        link,
-        sim: sim.clone(),
+        link: gateway.link.clone(),
+        sim: gateway.sim.clone(),
         gc,
     });
     tracing::info!("coreq ready");
@@ -127,7 +127,10 @@ pub async fn run_with_clock(
     let _ = stop_tx.send(true);
     let _ = server.await;
     let _ = dispatcher.await;
-    if let Some(sim) = sim {
+    for task in gateway.tasks {
+        let _ = task.await;
+    }
+    if let Some(sim) = gateway.sim {
         sim.close();
     }
     if outcome.is_ok() {
@@ -136,17 +139,26 @@ pub async fn run_with_clock(
     outcome
 }
 
-/// Starts the configured gateway and, unless it is `none`, the sender feeding it. Returns the
-/// link that health and support show, and the simulator when it runs.
+/// The running gateway: the link health and support show, the simulator when it runs, and the
+/// tasks to wait for at shutdown.
+struct RunningGateway {
+    link: Link,
+    sim: Option<Arc<Simulator>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts the configured gateway and, unless it is `none`, the sender feeding it.
 async fn start_gateway(
     config: &Config,
-    store: &Store,
     messages: &Messages,
-    clock: Arc<dyn Clock>,
     stop: &watch::Receiver<bool>,
-) -> Result<(Link, Option<Arc<Simulator>>), ServeError> {
+) -> Result<RunningGateway, ServeError> {
     match config.gateway {
-        GatewayKind::None => Ok((Link::new(LinkState::Unregistered), None)),
+        GatewayKind::None => Ok(RunningGateway {
+            link: Link::new(LinkState::Unregistered),
+            sim: None,
+            tasks: Vec::new(),
+        }),
         GatewayKind::Http => {
             let link = Link::new(LinkState::Connecting);
             let url = config
@@ -155,27 +167,28 @@ async fn start_gateway(
                 .ok_or(ServeError::Unsupported("--gateway http without --gateway-url"))?;
             let gateway = HttpGateway::new(url, config.gateway_timeout, config.webhook_ca.as_deref(), link.clone())?;
             let sender = Sender::new(messages, Arc::new(gateway), link.clone(), config.sender.clone());
-            tokio::spawn(sender.run(stop.clone()));
-            Ok((link, None))
+            let tasks = vec![tokio::spawn(sender.run(stop.clone()))];
+            Ok(RunningGateway { link, sim: None, tasks })
         }
         GatewayKind::Sim => {
             let link = Link::new(LinkState::Connecting);
-            let (dir, delay, store2, messages2, link2) = (
-                config.data_dir.join("sim"),
-                config.sim_delay,
-                store.clone(),
-                messages.clone(),
-                link.clone(),
-            );
+            let (dir, delay) = (config.data_dir.join("sim"), config.sim_delay);
+            let (sim_link, sim_messages) = (link.clone(), messages.clone());
             let (sim, reporter) =
-                tokio::task::spawn_blocking(move || Simulator::open(&dir, delay, link2, &store2, messages2, clock))
+                tokio::task::spawn_blocking(move || Simulator::open(&dir, delay, sim_link, sim_messages))
                     .await
                     .map_err(|e| ServeError::Task(e.to_string()))?
                     .map_err(|e| ServeError::Task(format!("opening the sim gateway's journal: {e}")))?;
-            tokio::spawn(reporter.run(stop.clone()));
             let sender = Sender::new(messages, sim.clone(), link.clone(), config.sender.clone());
-            tokio::spawn(sender.run(stop.clone()));
-            Ok((link, Some(sim)))
+            let tasks = vec![
+                tokio::spawn(reporter.run(stop.clone())),
+                tokio::spawn(sender.run(stop.clone())),
+            ];
+            Ok(RunningGateway {
+                link,
+                sim: Some(sim),
+                tasks,
+            })
         }
     }
 }

@@ -20,14 +20,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use coreq_storage::{Message, Store, UnixMillis};
+use coreq_storage::{Message, UnixMillis};
 use coreq_wal::{Wal, WalConfig, WalError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::{Gateway, Link, LinkState, SendError};
-use crate::clock::Clock;
 use crate::messages::{Messages, Status, StatusEvent};
 
 /// Most statuses reported to the message store in one call.
@@ -70,7 +69,6 @@ pub struct Reporter {
     link: Link,
     delay: Duration,
     messages: Messages,
-    clock: Arc<dyn Clock>,
 }
 
 /// What `GET /v1/sim/gateway` shows.
@@ -90,9 +88,7 @@ impl Simulator {
         dir: &Path,
         delay: Duration,
         link: Link,
-        store: &Store,
         messages: Messages,
-        clock: Arc<dyn Clock>,
     ) -> Result<(Arc<Simulator>, Reporter), WalError> {
         let (journal, _) = Wal::<Accepted>::open(WalConfig::new(dir.join("journal"), dir.join("quarantine")))?;
         let (schedule, scheduled) = mpsc::unbounded_channel();
@@ -104,7 +100,7 @@ impl Simulator {
                 Err(WalError::Corruption { .. }) => continue,
                 Err(e) => return Err(e),
             };
-            if let Ok(Some(message)) = store.message(&record.id) {
+            if let Ok(Some(message)) = messages.get(&record.id) {
                 let owed: Vec<Status> = statuses_for(&record.recipient)
                     .into_iter()
                     .filter(|s| !message.has_status(s.as_str()))
@@ -131,7 +127,6 @@ impl Simulator {
             link,
             delay,
             messages,
-            clock,
         };
         Ok((sim, reporter))
     }
@@ -264,7 +259,7 @@ impl Reporter {
 
     /// Hands due statuses to the message store; gives them back if it failed.
     async fn report(&self, ready: Vec<Due>) -> Result<(), Vec<Due>> {
-        let at: UnixMillis = self.clock.now_ms();
+        let at: UnixMillis = self.messages.now_ms();
         let events = ready
             .iter()
             .map(|d| StatusEvent {

@@ -100,6 +100,12 @@ impl Collector {
     }
 }
 
+/// A random wait within [`INTERVAL_SECS`].
+fn next_interval() -> Duration {
+    let span = INTERVAL_SECS.end - INTERVAL_SECS.start;
+    Duration::from_secs(INTERVAL_SECS.start + OsRng.next_u64() % span)
+}
+
 /// Finished, and accepted before `cutoff`.
 fn collectable(message: &Message, cutoff: u64) -> bool {
     message.accepted_at < cutoff && message.handed_to_gateway && FINAL_STATUSES.iter().any(|s| message.has_status(s))
@@ -127,6 +133,16 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn automatic_collections_are_one_to_five_hours_apart_and_vary() {
+        let waits: std::collections::HashSet<Duration> = (0..50).map(|_| next_interval()).collect();
+        assert!(
+            waits.iter().all(|w| (3600..5 * 3600).contains(&w.as_secs())),
+            "{waits:?}"
+        );
+        assert!(waits.len() > 1, "the interval is not random");
     }
 
     #[test]

@@ -134,3 +134,20 @@ fn an_accepted_message_survives_a_sigkill_right_after_its_201() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+fn messages_waiting(addr: SocketAddr, token: &str) -> serde_json::Value {
+    let reply = request(addr, "GET", "/v1/stats/db", &[("Authorization", token)], "");
+    reply.json()["stats"]["db"]["db_pending_messages"]["data"][0]["value"].clone()
+}
+
+#[test]
+fn a_refused_message_is_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), session::env());
+    let token = admin(server.addr);
+    let reply = send(server.addr, &token, r#"{"to":"15550100000","type":"text","text":{}}"#);
+    assert_eq!((reply.status, reply.code()), (400, 1008), "{}", reply.body);
+    assert_eq!(messages_waiting(server.addr, &token), 0.0);
+    id_of(&send(server.addr, &token, TEXT));
+    assert_eq!(messages_waiting(server.addr, &token), 1.0);
+}
