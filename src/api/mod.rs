@@ -9,6 +9,7 @@
 pub mod auth;
 mod callbacks;
 pub mod error;
+mod gateway;
 mod health;
 mod messages;
 mod services;
@@ -109,6 +110,7 @@ pub fn router(state: AppState) -> Router {
         .merge(callbacks::routes())
         .merge(messages::routes())
         .merge(services::routes())
+        .merge(gateway::routes())
         .merge(sim::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(

@@ -270,7 +270,7 @@ impl Reporter {
             })
             .collect();
         match self.messages.report_statuses(events).await {
-            Ok(()) => Ok(()),
+            Ok(_) => Ok(()),
             Err(e) => {
                 tracing::warn!(error = %e, "sim: recording statuses failed; retrying");
                 Err(ready)

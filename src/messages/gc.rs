@@ -59,10 +59,8 @@ impl Collector {
     /// Runs a collection at random intervals while the setting allows it, until `stop`.
     pub async fn run_periodically(self, settings: watch::Receiver<AppSettings>, mut stop: watch::Receiver<bool>) {
         loop {
-            let wait =
-                Duration::from_secs(INTERVAL_SECS.start + OsRng.next_u64() % (INTERVAL_SECS.end - INTERVAL_SECS.start));
             tokio::select! {
-                () = tokio::time::sleep(wait) => {
+                () = tokio::time::sleep(next_interval()) => {
                     if settings.borrow().gc_messages {
                         self.start();
                     }

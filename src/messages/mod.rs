@@ -34,6 +34,8 @@ pub enum Status {
 }
 
 impl Status {
+    pub const ALL: [Status; 4] = [Status::Sent, Status::Delivered, Status::Read, Status::Failed];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Sent => "sent",
@@ -121,8 +123,9 @@ impl Messages {
 
     /// Records the statuses not recorded yet, each with its status callback when the webhook
     /// wants it. Returns once they are durable; a status already known is ignored, so the
-    /// gateway may report one again (after a crash) without a second callback.
-    pub async fn report_statuses(&self, events: Vec<StatusEvent>) -> Result<(), DeliveryError> {
+    /// gateway may report one again (after a crash) without a second callback. Returns how many
+    /// were new.
+    pub async fn report_statuses(&self, events: Vec<StatusEvent>) -> Result<usize, DeliveryError> {
         let settings = self.settings.borrow().clone();
         let mut reports = Vec::with_capacity(events.len());
         for event in events {
@@ -146,7 +149,7 @@ impl Messages {
             if recorded.iter().any(|(_, seq)| seq.is_some()) {
                 self.delivery.wake();
             }
-            return Ok(());
+            return Ok(recorded.len());
         }
         // Callbacks live in memory (`callback_persist=false`): the status is durable, its
         // callback is not, as documented for that setting.
@@ -157,6 +160,7 @@ impl Messages {
             }
         }
         let recorded = self.store.record_statuses(reports, self.clock.now_ms()).await?;
+        let count = recorded.len();
         let out: Vec<Vec<u8>> = recorded
             .into_iter()
             .filter_map(|(r, _)| bodies.remove(&(r.id, r.status)))
@@ -164,7 +168,7 @@ impl Messages {
         if !out.is_empty() {
             self.delivery.enqueue_produced(out).await?;
         }
-        Ok(())
+        Ok(count)
     }
 
     /// Persists an inbound message as its callback; returns the message id once durable.

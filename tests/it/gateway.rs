@@ -117,12 +117,16 @@ fn statuses(hook: &Hook) -> Vec<Value> {
         .collect()
 }
 
+/// The statuses called back for message `id`, sorted (callbacks dispatched together may arrive
+/// in either order; the recorded order is checked through `GET /v1/messages/{id}`).
 fn status_names(hook: &Hook, id: &str) -> Vec<String> {
-    statuses(hook)
+    let mut names: Vec<String> = statuses(hook)
         .iter()
         .filter(|s| s["id"] == id)
         .map(|s| s["status"].as_str().unwrap().to_owned())
-        .collect()
+        .collect();
+    names.sort();
+    names
 }
 
 #[test]
@@ -134,7 +138,7 @@ fn a_message_through_the_sim_is_called_back_sent_delivered_and_read_once_each() 
     let id = service.send(TEXT);
     hook.wait_for(3);
     service.wait_callbacks_drained();
-    assert_eq!(status_names(&hook, &id), ["sent", "delivered", "read"]);
+    assert_eq!(status_names(&hook, &id), ["delivered", "read", "sent"]);
     for status in statuses(&hook) {
         assert_eq!(status["recipient_id"], "15551234567");
         let timestamp = status["timestamp"].as_str().expect("a string timestamp");
@@ -418,4 +422,91 @@ fn messages_reach_the_http_gateway_in_acceptance_order_through_failures() {
     let mut expected = ids.clone();
     expected.insert(3, ids[2].clone());
     assert_eq!(seen, expected);
+}
+
+#[test]
+fn the_http_upstream_reports_statuses_that_are_called_back_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Hook::http(hook::ok);
+    let upstream = upstream(vec![Answer::Status(200)]);
+    let service = http_gateway(dir.path(), &upstream, &[]);
+    service.settings(json!({ "webhooks": { "url": hook.url() } }));
+    let id = service.send(TEXT);
+    service.wait_status(&id, "accepted_by_gateway");
+    let report = json!({ "statuses": [
+        { "id": id, "status": "sent", "timestamp": "1700000000" },
+        { "id": id, "status": "delivered", "timestamp": 1700000001 },
+    ]});
+    let reply = service.call("POST", "/v1/gateway/statuses", &report.to_string());
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["statuses"], json!({ "received": 2, "recorded": 2 }));
+    let again = service.call("POST", "/v1/gateway/statuses", &report.to_string());
+    assert_eq!(again.json()["statuses"], json!({ "received": 2, "recorded": 0 }));
+    service.wait_callbacks_drained();
+    // Both are dispatched at once: they may arrive in either order.
+    let mut arrived: Vec<(String, String)> = statuses(&hook)
+        .iter()
+        .map(|s| {
+            (
+                s["status"].as_str().unwrap().to_owned(),
+                s["timestamp"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    arrived.sort();
+    assert_eq!(
+        arrived,
+        [
+            ("delivered".into(), "1700000001".into()),
+            ("sent".into(), "1700000000".into())
+        ]
+    );
+    assert_eq!(service.message(&id)["status"], "delivered");
+}
+
+#[test]
+fn a_malformed_status_report_is_refused_naming_the_field_and_records_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = upstream(vec![Answer::Status(200)]);
+    let service = http_gateway(dir.path(), &upstream, &[]);
+    let id = service.send(TEXT);
+    service.wait_status(&id, "accepted_by_gateway");
+    for (statuses, code, field) in [
+        (json!([{ "status": "sent" }]), 1008, "statuses[0].id"),
+        (
+            json!([{ "id": id, "status": "sent" }, { "id": id, "status": "lost" }]),
+            1009,
+            "statuses[1].status",
+        ),
+        (
+            json!([{ "id": id, "status": "sent", "errors": [] }]),
+            1009,
+            "statuses[0].errors",
+        ),
+        (
+            json!([{ "id": id, "status": "sent", "colour": 1 }]),
+            1010,
+            "statuses[0].colour",
+        ),
+        (json!([]), 1009, "statuses"),
+    ] {
+        let body = json!({ "statuses": statuses }).to_string();
+        let reply = service.call("POST", "/v1/gateway/statuses", &body);
+        assert_eq!((reply.status, reply.code()), (400, code), "{body}: {}", reply.body);
+        let details = reply.json()["errors"][0]["details"].as_str().unwrap().to_owned();
+        assert!(details.contains(field), "{body}: {details}");
+    }
+    assert_eq!(service.message(&id)["status"], "accepted_by_gateway");
+}
+
+#[test]
+fn statuses_can_be_reported_only_with_the_http_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::sim(dir.path());
+    let reply = service.call(
+        "POST",
+        "/v1/gateway/statuses",
+        r#"{"statuses":[{"id":"x","status":"sent"}]}"#,
+    );
+    assert_eq!((reply.status, reply.code()), (404, 1006), "{}", reply.body);
 }

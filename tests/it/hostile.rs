@@ -32,6 +32,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/v1/sim/gateway"),
     ("GET", "/v1/sim/gateway"),
     ("POST", "/v1/sim/inbound"),
+    ("POST", "/v1/gateway/statuses"),
     ("GET", "/metrics"),
     ("GET", "/livez"),
 ];
