@@ -12,6 +12,7 @@ mod http;
 mod loadgen;
 mod logging;
 mod messages;
+mod messages_crash;
 mod serve;
 mod server;
 mod session;
