@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::hook::{Answer, Hook};
 use crate::http::{free_addr, try_request};
+use crate::rng::{Rng, seed};
 use crate::server::{Webhook, respawn, spawn_with_webhook};
 
 const KILLS: usize = 25;
@@ -29,18 +30,6 @@ struct Arrival {
     at: Instant,
     k: u64,
     ok: bool,
-}
-
-/// A tiny xorshift generator: the test's randomness, seeded and printed for reproduction.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 fn key_of(body: &[u8]) -> Option<u64> {
@@ -108,16 +97,7 @@ fn produce(
 
 #[test]
 fn every_acknowledged_callback_arrives_in_order_through_sigkills() {
-    let seed = std::env::var("COREQ_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
+    let seed = seed();
     eprintln!("delivery crash test: seed {seed} (COREQ_CRASH_SEED to repeat)");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();

@@ -13,6 +13,7 @@ mod loadgen;
 mod logging;
 mod messages;
 mod messages_crash;
+mod rng;
 mod serve;
 mod server;
 mod session;

@@ -27,6 +27,7 @@ use serde_json::Value;
 
 use crate::hook::{Answer, Hook};
 use crate::http::{Reply, free_addr, request, try_request};
+use crate::rng::{Rng, seed};
 use crate::server::spawn_binary_with;
 use crate::session::{ADMIN_PASSWORD, admin};
 
@@ -36,35 +37,6 @@ const STATUSES: [&str; 3] = ["sent", "delivered", "read"];
 const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 /// One callback in this many fails its first attempt.
 const FIRST_ATTEMPT_FAILS_ONE_IN: u64 = 20;
-
-/// A tiny xorshift generator: the test's randomness, seeded and printed for reproduction.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-
-    fn millis(&mut self, from: u64, to: u64) -> Duration {
-        Duration::from_millis(from + self.below(to - from))
-    }
-}
-
-fn seed() -> u64 {
-    std::env::var("COREQ_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        })
-}
 
 /// The real binary with the `sim` gateway (short delays and backoff), `http://` webhooks
 /// allowed and the admin password set.
