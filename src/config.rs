@@ -58,7 +58,7 @@ pub struct ServeArgs {
     #[arg(long, env = "COREQ_GATEWAY_URL")]
     pub gateway_url: Option<String>,
     /// Most messages being handed to the gateway at once.
-    #[arg(long, env = "COREQ_GATEWAY_CONCURRENCY", default_value = "8")]
+    #[arg(long, env = "COREQ_GATEWAY_CONCURRENCY", default_value = "32")]
     pub gateway_concurrency: usize,
     /// A message's n-th consecutive failed send waits n times this before the next, in
     /// milliseconds…

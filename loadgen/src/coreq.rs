@@ -1,5 +1,5 @@
 //! The few calls of coreq's API the load generator makes: log in, point the webhook at the
-//! receiver, enqueue callbacks.
+//! receiver, enqueue callbacks, send messages, read the sim gateway's counters.
 
 use reqwest::header::CONTENT_TYPE;
 use serde_json::{Value, json};
@@ -19,6 +19,19 @@ pub struct Coreq {
 pub enum Enqueued {
     /// 201, with this many ids.
     Acked { ids: usize },
+    /// Another status.
+    Refused(u16),
+    /// No answer: `timeout`, `connect` or `transport`.
+    Failed(&'static str),
+}
+
+/// What came of one `POST /v1/messages`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Posted {
+    /// 201 with `messages[0].id`.
+    Accepted { id: String },
+    /// 201 without a readable id.
+    NoId,
     /// Another status.
     Refused(u16),
     /// No answer: `timeout`, `connect` or `transport`.
@@ -61,6 +74,70 @@ impl Coreq {
             .await
             .map_err(|e| http_error(WHAT, &e))?;
         success_json(WHAT, response).await.map(drop)
+    }
+
+    /// Points the webhook at `url` with `concurrency` requests in flight at most, and sets which
+    /// message statuses are reported (`webhooks.message.{sent,delivered,read}`).
+    pub async fn set_message_webhook(&self, url: &str, concurrency: usize, read: bool) -> Result<()> {
+        const WHAT: &str = "set the webhook (PATCH /v1/settings/application)";
+        let body = json!({"webhooks": {
+            "url": url,
+            "max_concurrent_requests": concurrency,
+            "message": {"sent": true, "delivered": true, "read": read},
+        }});
+        let response = self
+            .http
+            .patch(format!("{}/v1/settings/application", self.base))
+            .bearer_auth(&self.token)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| http_error(WHAT, &e))?;
+        success_json(WHAT, response).await.map(drop)
+    }
+
+    /// `GET /v1/sim/gateway` → its `gateway` object (`accepted`, `duplicates`, …).
+    pub async fn sim_stats(&self) -> Result<Value> {
+        const WHAT: &str = "the sim gateway's counters (GET /v1/sim/gateway)";
+        let response = self
+            .http
+            .get(format!("{}/v1/sim/gateway", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| http_error(WHAT, &e))?;
+        let body = success_json(WHAT, response).await?;
+        Ok(body["gateway"].clone())
+    }
+
+    /// `POST /v1/messages` with a body from [`crate::messages::message_body`].
+    pub async fn post_message(&self, body: String) -> Posted {
+        let sent = self
+            .http
+            .post(format!("{}/v1/messages", self.base))
+            .bearer_auth(&self.token)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(e) => return Posted::Failed(failure_label(&e)),
+        };
+        let status = response.status().as_u16();
+        // Read the whole answer either way, so the connection goes back to the pool.
+        let bytes = match response.bytes().await {
+            Ok(bytes) => bytes,
+            Err(e) => return Posted::Failed(failure_label(&e)),
+        };
+        if status != 201 {
+            return Posted::Refused(status);
+        }
+        serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v["messages"][0]["id"].as_str().map(str::to_string))
+            .map_or(Posted::NoId, |id| Posted::Accepted { id })
     }
 
     /// `POST /v1/callbacks` with a body from [`crate::payload::enqueue_body`].

@@ -5,11 +5,14 @@
 //! - [`run`] drives a running coreq (or only the receiver, for the ceiling) with callbacks from
 //!   [`payload`], keeps the books in [`tracker`] and reports through [`report`]. The binary
 //!   `coreq-loadgen` is its command line; `README.md` in this crate has the recipes.
+//! - [`messages`] sends messages (`POST /v1/messages`) instead: durable acceptance, or through
+//!   coreq's `sim` gateway to the status callbacks at our receiver.
 
 pub mod ca;
 pub mod coreq;
 pub mod error;
 pub mod http;
+pub mod messages;
 pub mod payload;
 pub mod receiver;
 pub mod report;

@@ -1,6 +1,7 @@
 //! `coreq-loadgen`: drives a running coreq (or only its own webhook receiver, for the ceiling)
-//! and reports throughput, end-to-end latency, duplicates, order violations and losses. See
-//! `README.md` in this crate for recipes.
+//! and reports throughput, end-to-end latency, duplicates, order violations and losses; with
+//! `--messages` it sends messages instead (durable acceptance, or `--through-sim` to the
+//! `delivered` callbacks). See `README.md` in this crate for recipes.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use coreq_loadgen::ca::TestCa;
 use coreq_loadgen::error::{Error, Result};
+use coreq_loadgen::messages::{MAX_MESSAGES, MAX_TEXT_CHARS, MessageOptions, run_messages};
 use coreq_loadgen::report::{self, Report};
 use coreq_loadgen::run::{LoadOptions, Target, run_ceiling, run_coreq};
 use coreq_loadgen::tracker::MAX_CALLBACKS;
@@ -22,7 +24,7 @@ const EXIT_ERROR: u8 = 2;
 #[command(
     name = "coreq-loadgen",
     version,
-    about = "Load generator for coreq's callback delivery"
+    about = "Load generator for coreq's callback delivery and messages"
 )]
 struct Args {
     /// coreq's base URL.
@@ -55,16 +57,18 @@ struct Args {
     /// Callbacks per second, paced; flat out when absent.
     #[arg(long, value_parser = parse_rate)]
     rate: Option<f64>,
-    /// Enqueue requests in flight.
+    /// Enqueue requests (with --messages: POST /v1/messages requests) in flight.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
     concurrency: u64,
     /// Callbacks per enqueue request (1 to 1000).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    #[arg(long, conflicts_with = "messages", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
     batch: u64,
-    /// Size of each callback's JSON object, in bytes (at most 256 KiB).
+    /// Size of each callback's JSON object, in bytes (at most 256 KiB); with --messages, of each
+    /// POST /v1/messages body (at most 4096).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(0..=262_144))]
     payload_bytes: u64,
-    /// Seconds to wait, after the last enqueue, for acknowledged callbacks to arrive.
+    /// Seconds to wait, after the last enqueue (or message), for acknowledged callbacks (or the
+    /// expected status callbacks) to arrive.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=3600))]
     drain_timeout: u64,
     /// Print the final report as one JSON object.
@@ -77,7 +81,7 @@ struct Args {
     /// answers 503, then point it at the real one: delivery is measured from a full backlog,
     /// without enqueues competing for the cores (coreq mode; end-to-end latency then includes
     /// the wait for the release).
-    #[arg(long, conflicts_with = "ceiling")]
+    #[arg(long, conflicts_with_all = ["ceiling", "messages"])]
     prefill: bool,
     /// Do not fail the run for duplicate deliveries (at-least-once after a crash).
     #[arg(long)]
@@ -88,6 +92,17 @@ struct Args {
     /// The ceiling, then the coreq run, and their ratio.
     #[arg(long, group = "mode")]
     both: bool,
+    /// Send messages (POST /v1/messages) instead of callbacks: durable acceptance, or with
+    /// --through-sim on to the status callbacks.
+    #[arg(long, group = "mode")]
+    messages: bool,
+    /// With --messages: coreq runs with --gateway sim; point its webhook at our receiver and
+    /// measure until every accepted message's `delivered` callback arrived.
+    #[arg(long, requires = "messages")]
+    through_sim: bool,
+    /// With --through-sim: turn off read callbacks (webhooks.message.read=false).
+    #[arg(long, requires = "through_sim")]
+    no_read: bool,
     /// Only create (or show) the CA in --ca-dir and print the path of ca.pem, for COREQ_WEBHOOK_CA.
     #[arg(long, group = "mode")]
     init_ca: bool,
@@ -108,6 +123,39 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 }
 
 impl Args {
+    fn message_options(&self) -> Result<MessageOptions> {
+        if self.through_sim && self.tls && self.ca_dir.is_none() {
+            return Err(Error::Usage(
+                "--tls through coreq needs --ca-dir: coreq must have been started with \
+                 COREQ_WEBHOOK_CA=<ca-dir>/ca.pem (see --init-ca)"
+                    .into(),
+            ));
+        }
+        if self.count > MAX_MESSAGES {
+            return Err(Error::Usage(format!("--messages: --count is at most {MAX_MESSAGES}")));
+        }
+        if self.payload_bytes > MAX_TEXT_CHARS as u64 {
+            return Err(Error::Usage(format!(
+                "--messages: --payload-bytes is at most {MAX_TEXT_CHARS}"
+            )));
+        }
+        let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        Ok(MessageOptions {
+            count: self.count,
+            duration: Duration::from_secs(self.duration),
+            rate: self.rate,
+            concurrency: to_usize(self.concurrency),
+            payload_bytes: to_usize(self.payload_bytes),
+            through_sim: self.through_sim,
+            read_callbacks: !self.no_read,
+            webhook_concurrency: self.webhook_concurrency,
+            tls: self.tls,
+            ca_dir: self.ca_dir.clone(),
+            drain_timeout: Duration::from_secs(self.drain_timeout),
+            progress: !self.quiet,
+        })
+    }
+
     fn load_options(&self) -> Result<LoadOptions> {
         let through_coreq = !self.ceiling;
         if through_coreq && self.tls && self.ca_dir.is_none() {
@@ -179,6 +227,12 @@ fn init_ca(args: &Args) -> Result<ExitCode> {
 }
 
 async fn run(args: &Args) -> Result<ExitCode> {
+    if args.messages {
+        let opts = args.message_options()?;
+        let report = run_messages(&opts, &args.target()?).await?;
+        print(args, &report.to_json(), &report.human());
+        return Ok(verdict(&report.problems(args.allow_duplicates)));
+    }
     let opts = args.load_options()?;
     let problems = if args.ceiling {
         let ceiling = run_ceiling(&opts).await?;
@@ -202,14 +256,19 @@ async fn run(args: &Args) -> Result<ExitCode> {
         print(args, &coreq.to_json(), &coreq.human());
         coreq.problems(args.allow_duplicates)
     };
-    for problem in &problems {
+    Ok(verdict(&problems))
+}
+
+/// Prints the problems found; the exit status they make.
+fn verdict(problems: &[String]) -> ExitCode {
+    for problem in problems {
         eprintln!("coreq-loadgen: FAILED: {problem}");
     }
-    Ok(if problems.is_empty() {
+    if problems.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_PROBLEMS)
-    })
+    }
 }
 
 fn print(args: &Args, json: &serde_json::Value, human: &str) {
@@ -245,5 +304,42 @@ mod tests {
         let args = parse(&["--tls", "--ceiling", "--count", "5"]).expect("parses");
         let opts = args.load_options().expect("the ceiling needs no CA dir");
         assert_eq!((opts.count, opts.webhook_concurrency, opts.batch), (5, 24, 1));
+    }
+
+    #[test]
+    fn messages_flags_are_validated() {
+        let parse = |extra: &[&str]| Args::try_parse_from([&["coreq-loadgen"], extra].concat());
+        assert!(parse(&["--through-sim"]).is_err(), "--through-sim needs --messages");
+        assert!(
+            parse(&["--messages", "--no-read"]).is_err(),
+            "--no-read needs --through-sim"
+        );
+        assert!(parse(&["--messages", "--ceiling"]).is_err());
+        assert!(parse(&["--messages", "--batch", "10"]).is_err());
+        assert!(parse(&["--messages", "--prefill"]).is_err());
+        let args = parse(&["--messages", "--count", "3000000"]).expect("parses");
+        assert!(
+            matches!(args.message_options(), Err(Error::Usage(_))),
+            "too many messages"
+        );
+        let args = parse(&["--messages", "--payload-bytes", "5000"]).expect("parses");
+        assert!(matches!(args.message_options(), Err(Error::Usage(_))), "text too long");
+        let args = parse(&["--messages", "--through-sim", "--tls"]).expect("parses");
+        assert!(
+            matches!(args.message_options(), Err(Error::Usage(_))),
+            "--tls needs --ca-dir"
+        );
+        let args = parse(&["--messages", "--through-sim", "--no-read", "--concurrency", "64"]).expect("parses");
+        let opts = args.message_options().expect("valid");
+        assert!(opts.through_sim && !opts.read_callbacks);
+        assert_eq!(
+            (opts.concurrency, opts.webhook_concurrency, opts.count),
+            (64, 24, 10_000)
+        );
+        let opts = parse(&["--messages"])
+            .expect("parses")
+            .message_options()
+            .expect("valid");
+        assert!(!opts.through_sim && opts.read_callbacks);
     }
 }
