@@ -113,56 +113,41 @@ impl Coreq {
 
     /// `POST /v1/messages` with a body from [`crate::messages::message_body`].
     pub async fn post_message(&self, body: String) -> Posted {
-        let sent = self
-            .http
-            .post(format!("{}/v1/messages", self.base))
-            .bearer_auth(&self.token)
-            .header(CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await;
-        let response = match sent {
-            Ok(response) => response,
-            Err(e) => return Posted::Failed(failure_label(&e)),
+        let bytes = match self.post_json("/v1/messages", body).await {
+            Ok((201, bytes)) => bytes,
+            Ok((status, _)) => return Posted::Refused(status),
+            Err(label) => return Posted::Failed(label),
         };
-        let status = response.status().as_u16();
-        // Read the whole answer either way, so the connection goes back to the pool.
-        let bytes = match response.bytes().await {
-            Ok(bytes) => bytes,
-            Err(e) => return Posted::Failed(failure_label(&e)),
-        };
-        if status != 201 {
-            return Posted::Refused(status);
-        }
         serde_json::from_slice::<Value>(&bytes)
             .ok()
             .and_then(|v| v["messages"][0]["id"].as_str().map(str::to_string))
             .map_or(Posted::NoId, |id| Posted::Accepted { id })
     }
 
-    /// `POST /v1/callbacks` with a body from [`crate::payload::enqueue_body`].
-    pub async fn enqueue(&self, body: String) -> Enqueued {
-        let sent = self
+    /// POSTs `body` as JSON to `path`; the status and the whole answer (read either way, so the
+    /// connection goes back to the pool), or the failure's label.
+    async fn post_json(&self, path: &str, body: String) -> std::result::Result<(u16, bytes::Bytes), &'static str> {
+        let response = self
             .http
-            .post(format!("{}/v1/callbacks", self.base))
+            .post(format!("{}{path}", self.base))
             .bearer_auth(&self.token)
             .header(CONTENT_TYPE, "application/json")
             .body(body)
             .send()
-            .await;
-        let response = match sent {
-            Ok(response) => response,
-            Err(e) => return Enqueued::Failed(failure_label(&e)),
-        };
+            .await
+            .map_err(|e| failure_label(&e))?;
         let status = response.status().as_u16();
-        // Read the whole answer either way, so the connection goes back to the pool.
-        let bytes = match response.bytes().await {
-            Ok(bytes) => bytes,
-            Err(e) => return Enqueued::Failed(failure_label(&e)),
+        let bytes = response.bytes().await.map_err(|e| failure_label(&e))?;
+        Ok((status, bytes))
+    }
+
+    /// `POST /v1/callbacks` with a body from [`crate::payload::enqueue_body`].
+    pub async fn enqueue(&self, body: String) -> Enqueued {
+        let bytes = match self.post_json("/v1/callbacks", body).await {
+            Ok((201, bytes)) => bytes,
+            Ok((status, _)) => return Enqueued::Refused(status),
+            Err(label) => return Enqueued::Failed(label),
         };
-        if status != 201 {
-            return Enqueued::Refused(status);
-        }
         let ids = serde_json::from_slice::<Value>(&bytes)
             .ok()
             .and_then(|v| v["callbacks"].as_array().map(Vec::len))

@@ -29,7 +29,8 @@ use crate::error::Result;
 use crate::http::api_client;
 use crate::payload;
 use crate::receiver::{Behaviour, Receiver, ReceiverConfig, Reply, Request};
-use crate::run::Target;
+use crate::report::{errors_line, per_sec, round3};
+use crate::run::{Target, wait_until};
 use crate::tracker::Latency;
 
 /// Largest `--count` in the messages mode: the books cost about 150 bytes per message.
@@ -43,9 +44,6 @@ pub const CALLBACK_ID_HEADER: &str = "x-coreq-callback-id";
 
 /// How long a worker waits after a refusal that may pass (503, 429, 5xx) or a failed request.
 const BACKOFF: Duration = Duration::from_millis(100);
-
-/// How often the drain looks at the books.
-const DRAIN_POLL: Duration = Duration::from_millis(10);
 
 /// Latencies above an hour are recorded as an hour.
 const MAX_LATENCY_US: u64 = 3_600_000_000;
@@ -562,16 +560,7 @@ async fn post_worker(phase: Arc<Phase>, coreq: Arc<Coreq>) {
 
 /// Waits until every accepted message's expected statuses arrived, at most `timeout`.
 async fn drain(phase: &Phase, timeout: Duration) -> bool {
-    let end = Instant::now() + timeout;
-    loop {
-        if phase.book.lock().owed(phase.read) == 0 {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        tokio::time::sleep(DRAIN_POLL).await;
-    }
+    wait_until(timeout, || phase.book.lock().owed(phase.read) == 0).await
 }
 
 /// Longest a progress reporter may live: sending, draining, and some slack.
@@ -877,28 +866,6 @@ impl MessagesReport {
         }
         out
     }
-}
-
-fn errors_line(errors: &BTreeMap<String, u64>) -> String {
-    if errors.is_empty() {
-        return "none".to_string();
-    }
-    errors
-        .iter()
-        .map(|(k, n)| format!("{k}: {n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn per_sec(n: u64, secs: Option<f64>) -> f64 {
-    match secs {
-        Some(secs) if secs > 0.0 => n as f64 / secs,
-        _ => 0.0,
-    }
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }
 
 #[cfg(test)]

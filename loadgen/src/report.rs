@@ -239,7 +239,7 @@ pub fn both_human(ceiling: &Report, coreq: &Report) -> String {
     )
 }
 
-fn errors_line(errors: &BTreeMap<String, u64>) -> String {
+pub(crate) fn errors_line(errors: &BTreeMap<String, u64>) -> String {
     if errors.is_empty() {
         return "none".to_string();
     }
@@ -250,14 +250,14 @@ fn errors_line(errors: &BTreeMap<String, u64>) -> String {
         .join(", ")
 }
 
-fn per_sec(n: u64, secs: Option<f64>) -> f64 {
+pub(crate) fn per_sec(n: u64, secs: Option<f64>) -> f64 {
     match secs {
         Some(secs) if secs > 0.0 => n as f64 / secs,
         _ => 0.0,
     }
 }
 
-fn round3(x: f64) -> f64 {
+pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 

@@ -365,9 +365,14 @@ async fn post(client: &reqwest::Client, url: &str, body: String) -> Result<(), S
 
 /// Waits until every acknowledged callback arrived, at most `timeout`; true if they did.
 async fn drain(ledger: &Ledger, timeout: Duration) -> bool {
+    wait_until(timeout, || ledger.tracker().counts().pending() == 0).await
+}
+
+/// Polls `done` every [`DRAIN_POLL`] until it holds (true) or `timeout` passes (false).
+pub(crate) async fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
     loop {
-        if ledger.tracker().counts().pending() == 0 {
+        if done() {
             return true;
         }
         if Instant::now() >= end {

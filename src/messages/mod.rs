@@ -146,7 +146,7 @@ impl Messages {
         }
         if self.delivery.queues_in(&self.store) {
             let recorded = self.store.record_statuses(reports, self.clock.now_ms()).await?;
-            if recorded.iter().any(|(_, seq)| seq.is_some()) {
+            if recorded.iter().any(|r| r.callback_seq.is_some()) {
                 self.delivery.wake();
             }
             return Ok(recorded.len());
@@ -163,7 +163,7 @@ impl Messages {
         let count = recorded.len();
         let out: Vec<Vec<u8>> = recorded
             .into_iter()
-            .filter_map(|(r, _)| bodies.remove(&(r.id, r.status)))
+            .filter_map(|r| bodies.remove(&(r.id, r.status)))
             .collect();
         if !out.is_empty() {
             self.delivery.enqueue_produced(out).await?;

@@ -95,8 +95,11 @@ impl<G: Gateway> Sender<G> {
             let wait = self.next_retry_in();
             tokio::select! {
                 Some(done) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
-                    if let Ok(attempt) = done {
-                        self.finish(attempt);
+                    match done {
+                        Ok(attempt) => self.finish(attempt),
+                        // A send task panicked (a bug): its message stays in the send queue and
+                        // goes again after the next restart.
+                        Err(e) => tracing::error!(error = %e, "sender: a send task failed"),
                     }
                 }
                 () = self.accepted.notified() => self.more_in_store = true,

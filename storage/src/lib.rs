@@ -421,14 +421,10 @@ impl Store {
     }
 
     /// Records the reports whose message exists and does not have that status yet, each
-    /// together with its callback in one record (a crash keeps both or neither); returns the
-    /// reports recorded, in order, with their callback seqs, once durable. Calls are
-    /// serialized, so a status is recorded, and its callback enqueued, at most once.
-    pub async fn record_statuses(
-        &self,
-        reports: Vec<StatusReport>,
-        now: UnixMillis,
-    ) -> Result<Vec<(StatusReport, Option<CallbackSeq>)>> {
+    /// together with its callback in one record (a crash keeps both or neither); returns what
+    /// was recorded, in order, once durable. Calls are serialized, so a status is recorded, and
+    /// its callback enqueued, at most once.
+    pub async fn record_statuses(&self, reports: Vec<StatusReport>, now: UnixMillis) -> Result<Vec<RecordedStatus>> {
         let _one_writer = self.inner.status_writer.lock().await;
         let mut fresh: Vec<StatusReport> = Vec::with_capacity(reports.len());
         for report in reports {
@@ -444,38 +440,44 @@ impl Store {
         if fresh.is_empty() {
             return Ok(Vec::new());
         }
-        let mut seqs = Vec::with_capacity(fresh.len());
-        let records = fresh.clone();
+        let mut recorded = Vec::with_capacity(fresh.len());
         self.commit_durable(|c| {
-            records
+            fresh
                 .into_iter()
                 .map(|report| {
+                    let callback_seq = report.callback.is_some().then(|| {
+                        c.next_callback_seq += 1;
+                        c.next_callback_seq - 1
+                    });
+                    recorded.push(RecordedStatus {
+                        id: report.id.clone(),
+                        status: report.status.clone(),
+                        callback_seq,
+                    });
                     let status = Change::MessageStatus {
                         id: report.id,
                         status: report.status,
                         at: report.at,
                         errors: report.errors,
                     };
-                    let Some(body) = report.callback else {
-                        seqs.push(None);
-                        return status;
-                    };
-                    let first_seq = c.next_callback_seq;
-                    c.next_callback_seq += 1;
-                    seqs.push(Some(first_seq));
-                    let callback = Change::CallbacksEnqueued {
-                        first_seq,
-                        enqueued_at: now,
-                        bodies: vec![body],
-                    };
-                    Change::Together {
-                        changes: vec![status, callback],
+                    match (report.callback, callback_seq) {
+                        (Some(body), Some(first_seq)) => Change::Together {
+                            changes: vec![
+                                status,
+                                Change::CallbacksEnqueued {
+                                    first_seq,
+                                    enqueued_at: now,
+                                    bodies: vec![body],
+                                },
+                            ],
+                        },
+                        _ => status,
                     }
                 })
                 .collect()
         })
         .await?;
-        Ok(fresh.into_iter().zip(seqs).collect())
+        Ok(recorded)
     }
 
     /// Deletes messages (garbage collection). Durable.

@@ -88,6 +88,14 @@ pub struct StatusReport {
     pub callback: Option<Vec<u8>>,
 }
 
+/// A status [`crate::Store::record_statuses`] recorded, and the seq of its callback if it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedStatus {
+    pub id: String,
+    pub status: String,
+    pub callback_seq: Option<CallbackSeq>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
     Admin,

@@ -400,7 +400,7 @@ async fn a_status_with_a_callback_enqueues_the_callback_with_it(f: Fixture) {
     assert_eq!(recorded.len(), 1);
     let pending = f.store.pending_callbacks(None, 10).unwrap();
     assert_eq!(pending.len(), 1);
-    assert_eq!(Some(pending[0].seq), recorded[0].1);
+    assert_eq!(Some(pending[0].seq), recorded[0].callback_seq);
     assert_eq!(pending[0].body, b"{\"s\":1}");
     assert_eq!(pending[0].enqueued_at, 9);
 }
@@ -422,7 +422,7 @@ async fn a_status_reported_twice_in_one_batch_is_recorded_and_called_back_once(f
         )
         .await
         .unwrap();
-    let statuses: Vec<_> = recorded.iter().map(|(r, _)| r.status.as_str()).collect();
+    let statuses: Vec<_> = recorded.iter().map(|r| r.status.as_str()).collect();
     assert_eq!(statuses, ["sent", "delivered"]);
     assert_eq!(f.store.pending_callback_count(), 2);
 }
