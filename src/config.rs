@@ -446,6 +446,30 @@ fn database_config(url: Option<&str>, db: &OnPremDbEnv) -> Result<Option<Databas
     }))
 }
 
+/// A URL with its user information and query values replaced by `****`, or `None` when
+/// `value` is not a URL with a host.
+pub fn masked_url(value: &str) -> Option<String> {
+    let mut url = url::Url::parse(value).ok()?;
+    if !url.has_host() {
+        return None;
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        url.set_username("****").ok()?;
+        url.set_password(None).ok()?;
+    }
+    if let Some(query) = url.query() {
+        let masked: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) => format!("{key}=****"),
+                None => pair.to_owned(),
+            })
+            .collect();
+        url.set_query(Some(&masked.join("&")));
+    }
+    Some(url.to_string())
+}
+
 fn gateway_url(kind: GatewayKind, url: Option<&str>) -> Result<Option<url::Url>, ConfigError> {
     match (kind, url) {
         (GatewayKind::Http, None) => Err(bad("--gateway-url/COREQ_GATEWAY_URL", "required with --gateway http")),

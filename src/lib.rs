@@ -11,6 +11,7 @@ pub mod disk;
 pub mod error;
 pub mod gateway;
 pub mod messages;
+pub mod replicator;
 mod server;
 pub mod settings;
 pub mod telemetry;

@@ -110,31 +110,7 @@ fn masked(name: &str, value: &str) -> String {
     if SECRET_NAME_PARTS.iter().any(|part| upper.contains(part)) {
         return "****".into();
     }
-    masked_url(value).unwrap_or_else(|| value.to_owned())
-}
-
-/// A URL with its user information and query values replaced by `****`, or `None` when
-/// `value` is not a URL with a host.
-fn masked_url(value: &str) -> Option<String> {
-    let mut url = url::Url::parse(value).ok()?;
-    if !url.has_host() {
-        return None;
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        url.set_username("****").ok()?;
-        url.set_password(None).ok()?;
-    }
-    if let Some(query) = url.query() {
-        let masked: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((key, _)) => format!("{key}=****"),
-                None => pair.to_owned(),
-            })
-            .collect();
-        url.set_query(Some(&masked.join("&")));
-    }
-    Some(url.to_string())
+    crate::config::masked_url(value).unwrap_or_else(|| value.to_owned())
 }
 
 /// On-Premises `lc`/`lg` from the locale variables: `en_US.UTF-8` → (`en`, `US`); `ZZ` when

@@ -109,6 +109,8 @@ struct Inner {
     status_writer: tokio::sync::Mutex<()>,
     retaining_cursors: Vec<String>,
     poisoned: Mutex<Option<String>>,
+    /// The counters as recovered: ids below them were handed out before this process.
+    counters_at_open: Counters,
 }
 
 /// The state with its log. Cheap to clone.
@@ -142,6 +144,7 @@ impl Store {
                 status_writer: tokio::sync::Mutex::new(()),
                 retaining_cursors: retaining,
                 poisoned: Mutex::new(None),
+                counters_at_open: counters,
             }),
         }
     }
@@ -602,6 +605,26 @@ impl Store {
         }
         wal.truncate_below(floor)?;
         Ok(checkpoint)
+    }
+
+    /// The last LSN such that every record up to it is durable and applied to the state: a
+    /// reader of the state sees at least their effects (`0` for a memory store).
+    pub fn settled_lsn(&self) -> Lsn {
+        match &self.inner.wal {
+            Some(wal) => self.inner.applied.get().min(wal.durable_lsn()),
+            None => 0,
+        }
+    }
+
+    /// The first callback seq this process could hand out: every callback below it was
+    /// enqueued before the store was opened.
+    pub fn next_callback_seq_at_open(&self) -> CallbackSeq {
+        self.inner.counters_at_open.next_callback_seq
+    }
+
+    /// The last LSN known to be on disk (`0` for a memory store).
+    pub fn durable_lsn(&self) -> Lsn {
+        self.inner.wal.as_ref().map_or(0, |w| w.durable_lsn())
     }
 
     /// The WAL's counters (`None` for a memory store).

@@ -1,0 +1,86 @@
+//! Reading mirror rows back, the same for both engines: the `SELECT` lists and the decoding of
+//! their columns by position.
+
+use sqlx::{ColumnIndex, Decode, Row, Type};
+
+use super::rows::{AttemptsRow, CallbackRow, MessageRow, StatusRow};
+
+pub const MESSAGE_COLUMNS: &str = "id, recipient, body, accepted_at, send_seq, handed_to_gateway";
+pub const STATUS_COLUMNS: &str = "message_id, status, at, errors";
+pub const CALLBACK_COLUMNS: &str = "seq, enqueued_at, body, failures, last_error, last_attempt_at, next_attempt_at";
+/// The seq and the attempts of a callback.
+pub const ATTEMPT_COLUMNS: &str = "seq, failures, last_error, last_attempt_at, next_attempt_at";
+
+pub fn message<'r, R>(r: &'r R) -> Result<MessageRow, sqlx::Error>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    bool: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(MessageRow {
+        id: r.try_get(0)?,
+        recipient: r.try_get(1)?,
+        body: r.try_get(2)?,
+        accepted_at: r.try_get(3)?,
+        send_seq: r.try_get(4)?,
+        handed_to_gateway: r.try_get(5)?,
+    })
+}
+
+pub fn status<'r, R>(r: &'r R) -> Result<StatusRow, sqlx::Error>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(StatusRow {
+        message_id: r.try_get(0)?,
+        status: r.try_get(1)?,
+        at: r.try_get(2)?,
+        errors: r.try_get(3)?,
+    })
+}
+
+pub fn callback<'r, R>(r: &'r R) -> Result<CallbackRow, sqlx::Error>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(CallbackRow {
+        seq: r.try_get(0)?,
+        enqueued_at: r.try_get(1)?,
+        body: r.try_get(2)?,
+        attempts: attempts_from(r, 3)?,
+    })
+}
+
+/// A row of [`ATTEMPT_COLUMNS`].
+pub fn attempts<'r, R>(r: &'r R) -> Result<(i64, AttemptsRow), sqlx::Error>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok((r.try_get(0)?, attempts_from(r, 1)?))
+}
+
+fn attempts_from<'r, R>(r: &'r R, first: usize) -> Result<AttemptsRow, sqlx::Error>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(AttemptsRow {
+        failures: r.try_get(first)?,
+        last_error: r.try_get(first + 1)?,
+        last_attempt_at: r.try_get(first + 2)?,
+        next_attempt_at: r.try_get(first + 3)?,
+    })
+}
