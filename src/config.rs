@@ -24,6 +24,19 @@ pub enum Command {
         #[arg(long, env = "COREQ_DATA_DIR", default_value = "./coreq-data")]
         data_dir: PathBuf,
     },
+    /// Work with the mirror database.
+    Mirror {
+        #[command(subcommand)]
+        action: MirrorAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MirrorAction {
+    /// Bring the mirror up to the data directory's WAL, compare every mirrored row with the
+    /// local state and print the differences; exits 1 if there are any. Takes the flags of
+    /// `serve`; the service must be stopped.
+    Verify(Box<ServeArgs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -92,6 +105,9 @@ pub struct ServeArgs {
     /// How often the state is checkpointed and the WAL truncated, in milliseconds.
     #[arg(long, env = "COREQ_CHECKPOINT_INTERVAL_MS", default_value = "1000")]
     pub checkpoint_interval_ms: u64,
+    /// WAL segment size, in MiB: the WAL is truncated a whole segment at a time.
+    #[arg(long, env = "COREQ_WAL_SEGMENT_MB", default_value = "64")]
+    pub wal_segment_mb: u64,
     /// sled's page cache, in MiB.
     #[arg(long, env = "COREQ_STATE_CACHE_MB", default_value = "64")]
     pub state_cache_mb: u64,
@@ -111,6 +127,16 @@ pub struct ServeArgs {
     /// Pending callbacks above which enqueues are refused with 503/1016.
     #[arg(long, env = "COREQ_CALLBACK_HIGH_WATER", default_value = "10000000")]
     pub callback_high_water: u64,
+    /// Most WAL records the mirror applies in one SQL transaction.
+    #[arg(long, env = "COREQ_MIRROR_BATCH_RECORDS", default_value = "4096")]
+    pub mirror_batch_records: usize,
+    /// After its n-th consecutive failure the mirror reconnects after n times this, in
+    /// milliseconds…
+    #[arg(long, env = "COREQ_MIRROR_BACKOFF_MS", default_value = "1000")]
+    pub mirror_backoff_ms: u64,
+    /// …but never later than this.
+    #[arg(long, env = "COREQ_MIRROR_MAX_BACKOFF_MS", default_value = "30000")]
+    pub mirror_max_backoff_ms: u64,
 }
 
 /// The On-Premises database variables (spec §1), read by `main` alongside the flags.
@@ -172,6 +198,8 @@ pub struct Config {
     /// `COREQ_ADMIN_PASSWORD`.
     pub admin_password: Option<String>,
     pub database: Option<DatabaseConfig>,
+    /// How the replicator batches, times out and backs off (used with `database`).
+    pub mirror: crate::replicator::MirrorTuning,
     pub gateway: GatewayKind,
     pub gateway_url: Option<url::Url>,
     pub sender: crate::messages::sender::SenderConfig,
@@ -183,6 +211,7 @@ pub struct Config {
     pub allow_http_webhooks: bool,
     pub checkpoint_interval: Duration,
     pub state_cache_bytes: u64,
+    pub wal_segment_bytes: u64,
     /// Free space below which writes are refused (507/1014), per volume.
     pub min_free_bytes: u64,
     /// See [`EnvSecrets::environment`].
@@ -200,6 +229,7 @@ impl std::fmt::Debug for Config {
             .field("api_key", &self.api_key.as_ref().map(|_| "****"))
             .field("admin_password", &self.admin_password.as_ref().map(|_| "****"))
             .field("database", &self.database)
+            .field("mirror", &self.mirror)
             .field("gateway", &self.gateway)
             .field("gateway_url", &self.gateway_url.as_ref().map(|u| u.as_str()))
             .field("sender", &self.sender)
@@ -211,6 +241,7 @@ impl std::fmt::Debug for Config {
             .field("allow_http_webhooks", &self.allow_http_webhooks)
             .field("checkpoint_interval", &self.checkpoint_interval)
             .field("state_cache_bytes", &self.state_cache_bytes)
+            .field("wal_segment_bytes", &self.wal_segment_bytes)
             .field("min_free_bytes", &self.min_free_bytes)
             .field("webhook_timeout", &self.webhook_timeout)
             .field("delivery", &self.delivery)
@@ -275,6 +306,9 @@ impl Config {
                 "must be 1..=3600000",
             ));
         }
+        if !(1..=1024).contains(&args.wal_segment_mb) {
+            return Err(bad("--wal-segment-mb/COREQ_WAL_SEGMENT_MB", "must be 1..=1024"));
+        }
         if !(1..=65_536).contains(&args.state_cache_mb) {
             return Err(bad("--state-cache-mb/COREQ_STATE_CACHE_MB", "must be 1..=65536"));
         }
@@ -335,6 +369,24 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if !(1..=1_000_000).contains(&args.mirror_batch_records) {
+            return Err(bad(
+                "--mirror-batch-records/COREQ_MIRROR_BATCH_RECORDS",
+                "must be 1..=1000000",
+            ));
+        }
+        if !(1..=3_600_000).contains(&args.mirror_max_backoff_ms) {
+            return Err(bad(
+                "--mirror-max-backoff-ms/COREQ_MIRROR_MAX_BACKOFF_MS",
+                "must be 1..=3600000",
+            ));
+        }
+        if !(1..=args.mirror_max_backoff_ms).contains(&args.mirror_backoff_ms) {
+            return Err(bad(
+                "--mirror-backoff-ms/COREQ_MIRROR_BACKOFF_MS",
+                "must be at least 1 and at most the maximum backoff",
+            ));
+        }
         Ok(Config {
             listen: args.listen,
             data_dir: args.data_dir,
@@ -342,6 +394,12 @@ impl Config {
             api_key,
             admin_password: env.admin_password,
             database,
+            mirror: crate::replicator::MirrorTuning {
+                batch_records: args.mirror_batch_records,
+                backoff: Duration::from_millis(args.mirror_backoff_ms),
+                max_backoff: Duration::from_millis(args.mirror_max_backoff_ms),
+                ..crate::replicator::MirrorTuning::default()
+            },
             gateway: args.gateway,
             gateway_url,
             sender: crate::messages::sender::SenderConfig {
@@ -357,6 +415,7 @@ impl Config {
             allow_http_webhooks: args.allow_http_webhooks,
             checkpoint_interval: Duration::from_millis(args.checkpoint_interval_ms),
             state_cache_bytes: args.state_cache_mb << 20,
+            wal_segment_bytes: args.wal_segment_mb << 20,
             min_free_bytes: args.min_free_mb << 20,
             environment: env.environment,
             webhook_timeout: Duration::from_millis(args.webhook_timeout_ms),
@@ -372,6 +431,13 @@ impl Config {
     pub fn store_config(&self) -> coreq_storage::StoreConfig {
         let mut store = coreq_storage::StoreConfig::new(&self.data_dir);
         store.sled.cache_capacity_bytes = self.state_cache_bytes;
+        store.wal.segment_bytes = self.wal_segment_bytes;
+        if self.database.is_some() {
+            // The WAL keeps every record the mirror has not confirmed.
+            store
+                .retaining_cursors
+                .push(crate::replicator::MIRROR_CURSOR.to_owned());
+        }
         store
     }
 }
@@ -507,7 +573,7 @@ mod tests {
         let cli = Cli::try_parse_from(["coreq", "serve", "--data-dir", dir.to_str().unwrap()]).unwrap();
         match cli.command {
             Command::Serve(a) => *a,
-            Command::Verify { .. } => unreachable!(),
+            _ => unreachable!("parsed `serve`"),
         }
     }
 

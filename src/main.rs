@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use coreq::config::{Cli, Command, Config, EnvSecrets, OnPremDbEnv};
+use coreq::config::{Cli, Command, Config, EnvSecrets, MirrorAction, OnPremDbEnv};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -25,6 +25,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Verify { data_dir } => verify(&data_dir),
+        Command::Mirror {
+            action: MirrorAction::Verify(args),
+        } => mirror_verify(*args),
     }
 }
 
@@ -117,6 +120,50 @@ fn verify(data_dir: &std::path::Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("coreq verify: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `coreq mirror verify`: prints the comparison; exit 0 when the mirror equals the local
+/// state, 1 on a difference or an error, 2 on a bad configuration.
+fn mirror_verify(args: coreq::config::ServeArgs) -> ExitCode {
+    let config = match Config::from_args(args, secrets_from_env()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("coreq: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // sqlx's TLS uses the process's rustls provider, as the webhook client does.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("coreq: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(coreq::replicator::verify::verify_data_dir(&config)) {
+        Ok(report) => {
+            let compared: Vec<String> = report.compared.iter().map(|(t, n)| format!("{t} {n}")).collect();
+            println!(
+                "mirror at lsn {}; compared {}; differences {}",
+                report.mirrored_lsn,
+                compared.join(", "),
+                report.differences.len()
+            );
+            for line in &report.differences {
+                println!("{line}");
+            }
+            if report.differences.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("coreq mirror verify: {e}");
             ExitCode::FAILURE
         }
     }

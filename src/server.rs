@@ -26,6 +26,7 @@ use crate::gateway::{Link, LinkState};
 use crate::messages::Messages;
 use crate::messages::gc::Collector;
 use crate::messages::sender::Sender;
+use crate::replicator::Replicator;
 use crate::settings::Settings;
 use crate::telemetry::{self, catalog, catalog::CHECKPOINT_SECONDS};
 
@@ -47,11 +48,6 @@ pub async fn run_with_clock(
     shutdown: impl Future<Output = ()> + Send + 'static,
     clock: Arc<dyn Clock>,
 ) -> Result<(), ServeError> {
-    if config.database.is_some() {
-        return Err(ServeError::Unsupported(
-            "mirroring into PostgreSQL or MySQL (issue 6); run without --database-url/WA_DB_*",
-        ));
-    }
     if config.tls.is_some() {
         return Err(ServeError::Unsupported(
             "serving the API over TLS (--tls-cert/--tls-key); terminate TLS in front of coreq for now",
@@ -100,6 +96,10 @@ pub async fn run_with_clock(
     );
     let messages = Messages::new(store.clone(), clock, delivery.clone(), settings.subscribe());
     let gateway = start_gateway(&config, &messages, &stop_rx).await?;
+    let mirror = config
+        .database
+        .clone()
+        .map(|db| Replicator::start(store.clone(), db, config.mirror.clone(), stop_rx.clone()));
     let gc = Collector::new(messages.clone(), config.message_retention);
     tokio::spawn(gc.clone().run_periodically(settings.subscribe(), stop_rx.clone()));
     let checkpoint_interval = config.checkpoint_interval;
@@ -114,6 +114,7 @@ pub async fn run_with_clock(
         link: gateway.link.clone(),
         sim: gateway.sim.clone(),
         gc,
+        mirror: mirror.as_ref().map(|(replicator, _)| replicator.clone()),
     });
     tracing::info!("coreq ready");
 
@@ -128,6 +129,9 @@ pub async fn run_with_clock(
     let _ = server.await;
     let _ = dispatcher.await;
     for task in gateway.tasks {
+        let _ = task.await;
+    }
+    if let Some((_, task)) = mirror {
         let _ = task.await;
     }
     if let Some(sim) = gateway.sim {

@@ -57,6 +57,8 @@ pub struct Services {
     /// The simulator, when `--gateway sim` runs (its API exists only then).
     pub sim: Option<Arc<Simulator>>,
     pub gc: Collector,
+    /// The replicator, when a mirror database is configured.
+    pub mirror: Option<crate::replicator::Replicator>,
 }
 
 /// What handlers share. The API key is known from the start; the services appear once

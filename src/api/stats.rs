@@ -144,6 +144,7 @@ fn levels(services: &Services) -> Levels {
         stored_messages: store.message_count(),
         wal: store.wal_stats(),
         free_space: services.space.free(),
+        mirror: services.mirror.as_ref().map(|m| m.status()),
     }
 }
 

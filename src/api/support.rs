@@ -12,6 +12,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
 use crate::api::{AppState, Services, meta};
+use crate::replicator::ReplicationStatus;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/support", get(support))
@@ -38,10 +39,24 @@ fn describe(services: &Services) -> Result<Value, ApiError> {
         .map(|(area, version)| ((*area).to_owned(), json!(version)))
         .collect();
     schema.insert("wal".into(), json!(coreq_wal::frame::FORMAT_POSTCARD_V1));
+    let mirror = services.mirror.as_ref().map(|m| m.status());
+    let mut db_info = vec![
+        coreq_storage::sled_state::ENGINE.to_owned(),
+        format!("coreq-wal frame format {}", coreq_wal::frame::FORMAT_POSTCARD_V1),
+    ];
+    if let Some(status) = &mirror {
+        schema.insert("mirror".into(), json!(status.schema_version));
+        db_info.push(
+            status
+                .server
+                .clone()
+                .unwrap_or_else(|| format!("{} (not connected)", status.engine)),
+        );
+    }
     Ok(json!({
         "context": "healthcheck",
-        "db_engine": "SLED",
-        "db_info": [coreq_storage::sled_state::ENGINE, format!("coreq-wal frame format {}", coreq_wal::frame::FORMAT_POSTCARD_V1)],
+        "db_engine": mirror.as_ref().map_or("SLED", |status| status.engine),
+        "db_info": db_info,
         "debug_info": settings.wa_id.as_deref().unwrap_or("unregistered"),
         "description": concat!("coreq ", env!("CARGO_PKG_VERSION")),
         "device_iso8601": OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or_else(|_| OffsetDateTime::now_utc()).format(&Rfc3339).unwrap_or_default(),
@@ -60,7 +75,7 @@ fn describe(services: &Services) -> Result<Value, ApiError> {
         "socket_conn": services.link.get().socket_conn(),
         "version": env!("CARGO_PKG_VERSION"),
         "wal": wal(services),
-        "replication": { "target": null, "mirrored_lsn": null, "lag_records": null, "lag_seconds": null, "last_error": null },
+        "replication": replication(mirror.as_ref()),
         "callbacks": callbacks(services)?,
     }))
 }
@@ -77,6 +92,22 @@ fn wal(services: &Services) -> Value {
             "corrupt_records_quarantined": w.quarantined,
         }),
         None => Value::Null,
+    }
+}
+
+fn replication(status: Option<&ReplicationStatus>) -> Value {
+    match status {
+        Some(s) => json!({
+            "target": s.target,
+            "connected": s.connected,
+            "mirrored_lsn": s.mirrored_lsn,
+            "lag_records": s.lag_records,
+            "lag_seconds": s.lag_seconds,
+            "last_error": s.last_error,
+        }),
+        None => {
+            json!({ "target": null, "connected": false, "mirrored_lsn": null, "lag_records": null, "lag_seconds": null, "last_error": null })
+        }
     }
 }
 

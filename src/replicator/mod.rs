@@ -45,6 +45,8 @@ pub const MIRROR_CURSOR: &str = "mirror";
 /// The store cursor holding this data directory's origin id.
 const ORIGIN_CURSOR: &str = "mirror.origin";
 
+/// Gauge: the last WAL record the mirror database confirmed.
+pub const MIRRORED_LSN: &str = "coreq_mirror_lsn";
 /// Gauge: WAL records not yet mirrored.
 pub const LAG_RECORDS: &str = "coreq_mirror_lag_records";
 /// Gauge: age of the oldest record not yet mirrored.
@@ -336,19 +338,19 @@ impl Replicator {
         progress.last_error = Some(e.to_string());
     }
 
-    /// Sleeps `wait`, keeping the lag clock and gauges current meanwhile.
+    /// Sleeps `wait`, keeping the lag clock current meanwhile.
     async fn wait_observing(&self, wait: Duration) {
         let until = tokio::time::Instant::now() + wait;
         while tokio::time::Instant::now() < until {
-            self.publish_lag();
+            self.observe_lag();
             tokio::time::sleep_until(until.min(tokio::time::Instant::now() + Duration::from_millis(250))).await;
         }
     }
 
-    fn publish_lag(&self) {
-        let status = self.status();
-        metrics::gauge!(LAG_RECORDS).set(status.lag_records as f64);
-        metrics::gauge!(LAG_SECONDS).set(status.lag_seconds);
+    /// Notes when the log's current end became durable (the lag clock's sample).
+    fn observe_lag(&self) {
+        let durable = self.shared.store.durable_lsn();
+        self.progress().lag.observe(durable);
     }
 
     /// Connects, migrates, checks (or rebuilds) the position, then tails the WAL until
@@ -515,7 +517,7 @@ impl Replicator {
         let mut cursor = CursorWriter::default();
         loop {
             let durable = store.durable_lsn();
-            self.publish_lag();
+            self.observe_lag();
             if durable <= position.lsn as Lsn {
                 cursor.flush(store, position.lsn as Lsn).await?;
                 if until == Until::CaughtUp {

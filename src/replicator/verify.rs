@@ -10,7 +10,7 @@ use coreq_wal::Lsn;
 
 use super::rows::MirrorState;
 use super::{MirrorError, MirrorTuning, Replicator, Until};
-use crate::config::DatabaseConfig;
+use crate::config::{Config, DatabaseConfig};
 
 /// What `mirror verify` found.
 #[derive(Debug)]
@@ -23,10 +23,29 @@ pub struct Report {
     pub differences: Vec<String>,
 }
 
+/// Opens the data directory of `config` (recovering it as the service would), then
+/// [`verify`]s its mirror. Fails if no mirror database is configured.
+pub async fn verify_data_dir(config: &Config) -> Result<Report, MirrorError> {
+    let db = config.database.clone().ok_or_else(|| {
+        MirrorError::Task("no mirror database is configured (--database-url/COREQ_DATABASE_URL or WA_DB_*)".into())
+    })?;
+    let store_config = config.store_config();
+    let (store, _) = tokio::task::spawn_blocking(move || Store::open(store_config))
+        .await
+        .map_err(|e| MirrorError::Task(e.to_string()))??;
+    let report = verify(store.clone(), db, config.mirror.clone()).await;
+    // Keep what catching up wrote (the mirror cursor) without a replay next time.
+    tokio::task::spawn_blocking(move || store.checkpoint())
+        .await
+        .map_err(|e| MirrorError::Task(e.to_string()))??;
+    report
+}
+
 /// Catches the mirror up with `store`, then compares the two.
 pub async fn verify(store: Store, db: DatabaseConfig, tuning: MirrorTuning) -> Result<Report, MirrorError> {
     let replicator = Replicator::new(store.clone(), db, tuning);
-    let (mut failures, mut reconciled) = (0, false);
+    // No corrections here: verify reports differences, it does not repair them.
+    let (mut failures, mut reconciled) = (0, true);
     let mirror = replicator
         .session(&mut failures, &mut reconciled, Until::CaughtUp)
         .await?;

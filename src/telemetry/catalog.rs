@@ -255,6 +255,48 @@ pub const CATALOG: &[MetricDef] = &[
         "volume",
         "Bytes available to coreq on the data and log volumes; writes are refused under the minimum.",
     ),
+    def(
+        crate::replicator::MIRRORED_LSN,
+        Kind::Gauge,
+        Area::Db,
+        "",
+        "Last WAL record the mirror database confirmed (with a mirror configured).",
+    ),
+    def(
+        crate::replicator::LAG_RECORDS,
+        Kind::Gauge,
+        Area::Db,
+        "",
+        "WAL records not yet applied to the mirror database.",
+    ),
+    def(
+        crate::replicator::LAG_SECONDS,
+        Kind::Gauge,
+        Area::Db,
+        "",
+        "Seconds the oldest record not yet mirrored has been durable (0 when caught up).",
+    ),
+    def(
+        crate::replicator::APPLY_SECONDS,
+        Kind::Histogram,
+        Area::Db,
+        "",
+        "Seconds to apply one batch of WAL records to the mirror (one SQL transaction).",
+    ),
+    def(
+        crate::replicator::RECORDS_APPLIED,
+        Kind::Counter,
+        Area::Db,
+        "",
+        "WAL records applied to the mirror database.",
+    ),
+    def(
+        crate::replicator::ERRORS,
+        Kind::Counter,
+        Area::Db,
+        "",
+        "Mirror sessions that failed (connection, statement, schema or position errors); each is retried.",
+    ),
 ];
 
 /// Buckets for latencies in seconds: 100 µs to 10 s.
@@ -300,6 +342,8 @@ pub struct Levels {
     pub oldest_pending_age_seconds: f64,
     pub wal: Option<coreq_wal::WalStats>,
     pub free_space: Vec<(&'static str, u64)>,
+    /// The replicator's view, when mirroring.
+    pub mirror: Option<crate::replicator::ReplicationStatus>,
 }
 
 /// Sets the levels (when the store is up) and renders everything as Prometheus text,
@@ -330,6 +374,11 @@ fn set_levels(levels: &Levels) {
         gauge!("coreq_wal_segments").set(wal.segments as f64);
         gauge!("coreq_wal_durable_lsn").set(wal.durable_lsn as f64);
         counter!("coreq_wal_quarantined_total").absolute(wal.quarantined);
+    }
+    if let Some(mirror) = &levels.mirror {
+        gauge!(crate::replicator::MIRRORED_LSN).set(mirror.mirrored_lsn.unwrap_or(0) as f64);
+        gauge!(crate::replicator::LAG_RECORDS).set(mirror.lag_records as f64);
+        gauge!(crate::replicator::LAG_SECONDS).set(mirror.lag_seconds);
     }
     for (volume, bytes) in &levels.free_space {
         gauge!("coreq_free_space_bytes", "volume" => *volume).set(*bytes as f64);

@@ -13,6 +13,8 @@ mod loadgen;
 mod logging;
 mod messages;
 mod messages_crash;
+mod mirror;
+mod mirror_db;
 mod rng;
 mod serve;
 mod server;
