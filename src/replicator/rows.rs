@@ -1,15 +1,20 @@
 //! The mirror's rows, and what a run of WAL records does to them.
 //!
 //! A [`Batch`] is the net effect of consecutive records on each row: later records on the same
-//! key replace or amend earlier ones, so a batch touches each row once and the engines can
-//! write it with a few set-based statements. Applying a batch is idempotent: inserts keep a
-//! row that is already there, updates and deletes carry absolute values (the same rule as
-//! `Change` itself), so a batch re-applied over a newer mirror leaves it unchanged.
+//! key replace or amend earlier ones, so a batch touches each row a bounded number of times
+//! and the engines can write it with a few set-based statements. Applying a batch is
+//! idempotent: inserts keep a row that is already there, updates and deletes carry absolute
+//! values (the same rule as `Change` itself).
+//!
+//! A row may already exist, holding a *later* state, when a batch inserts it: a rebuild reads
+//! the local state after its position, and the start-up correction writes current attempts.
+//! So an update is never only folded into its batch's insert (the insert would be skipped and
+//! the update lost): it is kept as an update too, and updates run after inserts.
 //!
 //! [`MirrorState`] is the whole mirrored state (what `mirror verify` compares and a resync
 //! writes); the local store reads into the same shape.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use coreq_storage::{Attempts, Change, Message, PendingCallback, StatusEntry, Store};
 use coreq_wal::Lsn;
@@ -59,8 +64,9 @@ pub struct MirrorState {
     pub settings: BTreeMap<String, String>,
 }
 
-/// The net effect of a run of records, in the order the engines write it: deletes, then
-/// inserts (kept if present), then updates. Each key appears in one list of its table only.
+/// The net effect of a run of records, in the order the engines write it, table by table:
+/// deletes, then inserts (kept if present), then updates (which may name a row inserted just
+/// before: see the module doc).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Batch {
     pub deleted_messages: Vec<String>,
@@ -74,24 +80,19 @@ pub struct Batch {
     pub settings: Vec<(String, String)>,
 }
 
-enum MessageOp {
-    Insert(MessageRow),
-    Handed,
-    Delete,
-}
-
-enum CallbackOp {
-    Insert(CallbackRow),
-    Attempts(AttemptsRow),
+enum Op<Row> {
+    Insert(Row),
     Delete,
 }
 
 /// Folds records into per-key operations (see [`Batch`]).
 #[derive(Default)]
 pub struct Folder {
-    messages: BTreeMap<String, MessageOp>,
+    messages: BTreeMap<String, Op<MessageRow>>,
+    handed: BTreeSet<String>,
     statuses: BTreeMap<(String, String), StatusRow>,
-    callbacks: BTreeMap<i64, CallbackOp>,
+    callbacks: BTreeMap<i64, Op<CallbackRow>>,
+    attempts: BTreeMap<i64, AttemptsRow>,
     settings: BTreeMap<String, Option<String>>,
     /// True once a record that changes mirrored state was folded (cursor moves, users and
     /// tokens are not mirrored).
@@ -117,7 +118,7 @@ impl Folder {
                         body: text(body),
                         attempts: AttemptsRow::default(),
                     };
-                    self.callbacks.insert(row.seq, CallbackOp::Insert(row));
+                    self.callbacks.insert(row.seq, Op::Insert(row));
                 }
             }
             Change::CallbackFailed {
@@ -127,18 +128,18 @@ impl Folder {
                 at,
                 next_attempt_at,
             } => {
+                let seq = sql_int(*seq);
                 let attempts = attempts_row(&Attempts::failed(*failures, error, *at, *next_attempt_at));
-                match self.callbacks.get_mut(&sql_int(*seq)) {
-                    Some(CallbackOp::Insert(row)) => row.attempts = attempts,
-                    Some(CallbackOp::Delete) => {}
-                    Some(CallbackOp::Attempts(a)) => *a = attempts,
-                    None => {
-                        self.callbacks.insert(sql_int(*seq), CallbackOp::Attempts(attempts));
-                    }
+                match self.callbacks.get_mut(&seq) {
+                    Some(Op::Delete) => return,
+                    Some(Op::Insert(row)) => row.attempts = attempts.clone(),
+                    None => {}
                 }
+                self.attempts.insert(seq, attempts);
             }
             Change::CallbackDelivered { seq } | Change::CallbackDeleted { seq } => {
-                self.callbacks.insert(sql_int(*seq), CallbackOp::Delete);
+                self.attempts.remove(&sql_int(*seq));
+                self.callbacks.insert(sql_int(*seq), Op::Delete);
             }
             Change::MessageAccepted { message } => {
                 for status in &message.statuses {
@@ -146,17 +147,18 @@ impl Folder {
                     self.statuses.insert((row.message_id.clone(), row.status.clone()), row);
                 }
                 self.messages
-                    .insert(message.id.clone(), MessageOp::Insert(message_row(message)));
+                    .insert(message.id.clone(), Op::Insert(message_row(message)));
             }
-            Change::MessageHanded { id, .. } => match self.messages.get_mut(id) {
-                Some(MessageOp::Insert(row)) => row.handed_to_gateway = true,
-                Some(MessageOp::Handed | MessageOp::Delete) => {}
-                None => {
-                    self.messages.insert(id.clone(), MessageOp::Handed);
+            Change::MessageHanded { id, .. } => {
+                match self.messages.get_mut(id) {
+                    Some(Op::Delete) => return,
+                    Some(Op::Insert(row)) => row.handed_to_gateway = true,
+                    None => {}
                 }
-            },
+                self.handed.insert(id.clone());
+            }
             Change::MessageStatus { id, status, at, errors } => {
-                if !matches!(self.messages.get(id), Some(MessageOp::Delete)) {
+                if !matches!(self.messages.get(id), Some(Op::Delete)) {
                     // Recorded once: the first record of a status wins, as in the store.
                     self.statuses
                         .entry((id.clone(), status.clone()))
@@ -171,7 +173,8 @@ impl Folder {
             Change::MessagesDeleted { ids } => {
                 for id in ids {
                     self.statuses.retain(|(message, _), _| message != id);
-                    self.messages.insert(id.clone(), MessageOp::Delete);
+                    self.handed.remove(id);
+                    self.messages.insert(id.clone(), Op::Delete);
                 }
             }
             Change::SettingsPut { entries } => {
@@ -193,19 +196,19 @@ impl Folder {
         let mut batch = Batch::default();
         for (id, op) in self.messages {
             match op {
-                MessageOp::Insert(row) => batch.messages.push(row),
-                MessageOp::Handed => batch.handed.push(id),
-                MessageOp::Delete => batch.deleted_messages.push(id),
+                Op::Insert(row) => batch.messages.push(row),
+                Op::Delete => batch.deleted_messages.push(id),
             }
         }
+        batch.handed = self.handed.into_iter().collect();
         batch.statuses = self.statuses.into_values().collect();
         for (seq, op) in self.callbacks {
             match op {
-                CallbackOp::Insert(row) => batch.callbacks.push(row),
-                CallbackOp::Attempts(attempts) => batch.attempts.push((seq, attempts)),
-                CallbackOp::Delete => batch.deleted_callbacks.push(seq),
+                Op::Insert(row) => batch.callbacks.push(row),
+                Op::Delete => batch.deleted_callbacks.push(seq),
             }
         }
+        batch.attempts = self.attempts.into_iter().collect();
         for (name, value) in self.settings {
             match value {
                 Some(value) => batch.settings.push((name, value)),
@@ -231,8 +234,8 @@ impl Batch {
 
 impl MirrorState {
     /// Reads the local store's mirrored state. Every record up to the store's settled LSN
-    /// (read first) is reflected; later records may be too, which is harmless (re-applying
-    /// them changes nothing). Blocking: run off the async workers.
+    /// (read first) is reflected; later records may be too, and applying them again from
+    /// that LSN on converges (see the module doc). Blocking: run off the async workers.
     pub fn read_local(store: &Store) -> Result<(Lsn, MirrorState), MirrorError> {
         let settled = store.settled_lsn();
         let mut state = MirrorState::default();
@@ -357,7 +360,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failure_after_the_enqueue_is_folded_into_the_insert() {
+    fn a_failure_after_the_enqueue_amends_the_insert_and_updates_an_existing_row() {
         let batch = fold(&[
             Change::CallbacksEnqueued {
                 first_seq: 1,
@@ -373,7 +376,11 @@ mod tests {
             },
         ]);
         assert_eq!(batch.callbacks[0].attempts.failures, 2);
-        assert!(batch.attempts.is_empty());
+        assert_eq!(
+            batch.attempts.len(),
+            1,
+            "the row may exist already (a rebuild read past its position)"
+        );
     }
 
     #[test]
@@ -411,7 +418,7 @@ mod tests {
     }
 
     #[test]
-    fn handing_over_a_message_in_its_batch_sets_the_flag_on_the_insert() {
+    fn handing_over_a_message_in_its_batch_sets_the_flag_on_the_insert_and_on_an_existing_row() {
         let batch = fold(&[
             Change::MessageAccepted { message: message("m1") },
             Change::MessageHanded {
@@ -420,7 +427,7 @@ mod tests {
             },
         ]);
         assert!(batch.messages[0].handed_to_gateway);
-        assert!(batch.handed.is_empty());
+        assert_eq!(batch.handed, vec!["m1".to_owned()], "the row may exist already");
     }
 
     #[test]

@@ -22,6 +22,15 @@ use crate::session;
 
 const TEXT: &str = r#"{"to":"15551234567","text":{"body":"hello"}}"#;
 
+/// How coreq reaches the database.
+#[derive(Clone, Copy, PartialEq)]
+enum Link {
+    Direct,
+    Proxy,
+    /// Through the proxy, which refuses connections until `up()`.
+    ProxyDown,
+}
+
 /// coreq mirroring into one database, optionally through a [`FaultProxy`].
 struct Mirrored {
     child: Option<Child>,
@@ -34,9 +43,12 @@ struct Mirrored {
 }
 
 impl Mirrored {
-    fn start(engine: Engine, through_proxy: bool) -> Option<Mirrored> {
+    fn start(engine: Engine, link: Link) -> Option<Mirrored> {
         let db = Db::open(engine)?;
-        let proxy = through_proxy.then(|| FaultProxy::start(db.server_addr()));
+        let proxy = (link != Link::Direct).then(|| FaultProxy::start(db.server_addr()));
+        if link == Link::ProxyDown {
+            proxy.as_ref().unwrap().down();
+        }
         // Every 5th of the first 200 webhook requests fails, so failure counts are mirrored
         // too (a failure holds the line for its backoff: more would slow the tests' drains).
         let requests = AtomicU64::new(0);
@@ -298,7 +310,7 @@ macro_rules! on_both_engines {
 }
 
 on_both_engines!(a_mixed_workload_is_mirrored_exactly, |engine| {
-    let Some(mut service) = Mirrored::start(engine, false) else {
+    let Some(mut service) = Mirrored::start(engine, Link::Direct) else {
         return;
     };
     service.enqueue(20, 200);
@@ -338,7 +350,7 @@ impl Mirrored {
 }
 
 on_both_engines!(verify_reports_a_row_changed_in_the_mirror, |engine| {
-    let Some(mut service) = Mirrored::start(engine, false) else {
+    let Some(mut service) = Mirrored::start(engine, Link::Direct) else {
         return;
     };
     service.enqueue(2, 10);
@@ -354,7 +366,7 @@ on_both_engines!(verify_reports_a_row_changed_in_the_mirror, |engine| {
 });
 
 on_both_engines!(sessions_killed_mid_batch_leave_nothing_missing_or_doubled, |engine| {
-    let Some(mut service) = Mirrored::start(engine, true) else {
+    let Some(mut service) = Mirrored::start(engine, Link::Proxy) else {
         return;
     };
     let load = Load::start(service.addr, service.admin.clone());
@@ -378,7 +390,7 @@ on_both_engines!(sessions_killed_mid_batch_leave_nothing_missing_or_doubled, |en
 });
 
 on_both_engines!(the_database_down_holds_the_wal_until_the_mirror_catches_up, |engine| {
-    let Some(mut service) = Mirrored::start(engine, true) else {
+    let Some(mut service) = Mirrored::start(engine, Link::Proxy) else {
         return;
     };
     // Up: records are mirrored and the WAL is truncated behind them (1 MiB segments).
@@ -411,7 +423,7 @@ on_both_engines!(the_database_down_holds_the_wal_until_the_mirror_catches_up, |e
 });
 
 on_both_engines!(sigkills_between_commit_and_checkpoint_converge, |engine| {
-    let Some(mut service) = Mirrored::start(engine, false) else {
+    let Some(mut service) = Mirrored::start(engine, Link::Direct) else {
         return;
     };
     let seed = rng::seed();
@@ -426,6 +438,30 @@ on_both_engines!(sigkills_between_commit_and_checkpoint_converge, |engine| {
         service.spawn();
     }
     assert!(acked > 0);
+    service.wait_quiet();
+    service.stop_and_verify();
+});
+
+on_both_engines!(a_mirror_that_arrives_under_load_is_rebuilt_exactly, |engine| {
+    // The database is unreachable from the start: coreq serves anyway and keeps every record.
+    let Some(mut service) = Mirrored::start(engine, Link::ProxyDown) else {
+        return;
+    };
+    service.enqueue(40, 100);
+    service.send_messages(200);
+    let down = service.support();
+    assert_eq!(down["replication"]["connected"], false, "{down:#}");
+    assert_eq!(
+        down["wal"]["first_lsn"], 1,
+        "nothing mirrored, nothing truncated: {down:#}"
+    );
+    // It arrives while messages are accepted, handed over and reported: the rebuild reads a
+    // local state that moves under it, and the records after its position must still land.
+    let load = Load::start(service.addr, service.admin.clone());
+    service.proxy.as_ref().unwrap().up();
+    service.wait_support("the mirror to connect", |s| s["replication"]["connected"] == true);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(load.stop() > 0);
     service.wait_quiet();
     service.stop_and_verify();
 });
