@@ -138,6 +138,12 @@ pub async fn run_with_clock(
         sim.close();
     }
     if outcome.is_ok() {
+        // Lazy records (delivery marks, failures) of the last moments first, so that the
+        // checkpoint covers them and the next start replays nothing.
+        let syncing = store.clone();
+        tokio::task::spawn_blocking(move || syncing.sync())
+            .await
+            .map_err(|e| ServeError::Task(e.to_string()))??;
         checkpoint(&store).await?;
     }
     outcome

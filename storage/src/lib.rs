@@ -627,6 +627,15 @@ impl Store {
         self.inner.wal.as_ref().map_or(0, |w| w.durable_lsn())
     }
 
+    /// Makes every record submitted so far durable, lazy ones included (before a last
+    /// checkpoint at shutdown, so the next start has nothing to replay). Blocking.
+    pub fn sync(&self) -> Result<()> {
+        if let Some(wal) = &self.inner.wal {
+            wal.submit(&[])?.wait()?;
+        }
+        Ok(())
+    }
+
     /// The WAL's counters (`None` for a memory store).
     pub fn wal_stats(&self) -> Option<WalStats> {
         self.inner.wal.as_ref().map(|w| w.stats())
