@@ -1,9 +1,11 @@
 //! Reading mirror rows back, the same for both engines: the `SELECT` lists and the decoding of
 //! their columns by position.
 
-use sqlx::{ColumnIndex, Decode, Row, Type};
+use sqlx::{AssertSqlSafe, ColumnIndex, Database, Decode, Executor, IntoArguments, Pool, Row, Type};
 
-use super::rows::{AttemptsRow, CallbackRow, MessageRow, StatusRow};
+use super::MirrorError;
+use super::rows::{AttemptsRow, CallbackRow, MessageRow, MirrorState, StatusRow};
+use super::schema::Tables;
 
 pub const MESSAGE_COLUMNS: &str = "id, recipient, body, accepted_at, send_seq, handed_to_gateway";
 pub const STATUS_COLUMNS: &str = "message_id, status, at, errors";
@@ -83,4 +85,35 @@ where
         last_attempt_at: r.try_get(first + 2)?,
         next_attempt_at: r.try_get(first + 3)?,
     })
+}
+
+/// Everything mirrored in `t` (for `mirror verify`), read the same way on both engines.
+pub async fn read_state<DB>(pool: &Pool<DB>, t: &Tables) -> Result<MirrorState, MirrorError>
+where
+    DB: Database,
+    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
+    <DB as Database>::Arguments: IntoArguments<DB>,
+    usize: ColumnIndex<DB::Row>,
+    for<'r> String: Decode<'r, DB> + Type<DB>,
+    for<'r> i64: Decode<'r, DB> + Type<DB>,
+    for<'r> bool: Decode<'r, DB> + Type<DB>,
+{
+    let all = |columns: &str, table: &str| sqlx::query::<DB>(AssertSqlSafe(format!("SELECT {columns} FROM {table}")));
+    let mut state = MirrorState::default();
+    for r in all(MESSAGE_COLUMNS, &t.messages).fetch_all(pool).await? {
+        let row = message(&r)?;
+        state.messages.insert(row.id.clone(), row);
+    }
+    for r in all(STATUS_COLUMNS, &t.statuses).fetch_all(pool).await? {
+        let row = status(&r)?;
+        state.statuses.insert((row.message_id.clone(), row.status.clone()), row);
+    }
+    for r in all(CALLBACK_COLUMNS, &t.callbacks).fetch_all(pool).await? {
+        let row = callback(&r)?;
+        state.callbacks.insert(row.seq, row);
+    }
+    for r in all("name, value", &t.settings).fetch_all(pool).await? {
+        state.settings.insert(r.try_get(0)?, r.try_get(1)?);
+    }
+    Ok(state)
 }

@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use sqlx::migrate::MigrateError;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
-use sqlx::{AssertSqlSafe, Encode, MySql, QueryBuilder, Row, Transaction, Type};
+use sqlx::{AssertSqlSafe, Encode, MySql, QueryBuilder, Transaction, Type};
 
 use super::decode::{self, ATTEMPT_COLUMNS, CALLBACK_COLUMNS, MESSAGE_COLUMNS, STATUS_COLUMNS};
 use super::rows::{AttemptsRow, Batch, MirrorState};
@@ -222,25 +222,7 @@ impl MySqlMirror {
 
     /// Everything mirrored (for `mirror verify`).
     pub async fn read_state(&self) -> Result<MirrorState, MirrorError> {
-        let t = &self.t;
-        let all = |columns: &str, table: &str| sqlx::query(AssertSqlSafe(format!("SELECT {columns} FROM {table}")));
-        let mut state = MirrorState::default();
-        for r in all(MESSAGE_COLUMNS, &t.messages).fetch_all(&self.pool).await? {
-            let row = decode::message(&r)?;
-            state.messages.insert(row.id.clone(), row);
-        }
-        for r in all(STATUS_COLUMNS, &t.statuses).fetch_all(&self.pool).await? {
-            let row = decode::status(&r)?;
-            state.statuses.insert((row.message_id.clone(), row.status.clone()), row);
-        }
-        for r in all(CALLBACK_COLUMNS, &t.callbacks).fetch_all(&self.pool).await? {
-            let row = decode::callback(&r)?;
-            state.callbacks.insert(row.seq, row);
-        }
-        for r in all("name, value", &t.settings).fetch_all(&self.pool).await? {
-            state.settings.insert(r.try_get(0)?, r.try_get(1)?);
-        }
-        Ok(state)
+        decode::read_state(&self.pool, &self.t).await
     }
 
     pub async fn close(&self) {

@@ -326,12 +326,8 @@ on_both_engines!(a_mixed_workload_is_mirrored_exactly, |engine| {
     service.wait_support("failed attempts", |s| {
         s["callbacks"]["head"]["attempts"].as_u64() >= Some(2)
     });
-    let mirrored = service.wait_quiet_callbacks_pending();
-    let last = service.support()["wal"]["last_lsn"].as_u64().unwrap();
-    assert!(
-        mirrored + 1 >= last,
-        "the service's own replicator caught up ({mirrored} of {last})"
-    );
+    // The service's own replicator caught up (verify below would catch up by itself).
+    service.wait_quiet_callbacks_pending();
     assert_eq!(service.rows("callbacks"), 20);
     assert_eq!(service.rows("messages"), 10);
     assert_eq!(service.rows("message_statuses"), 30);
@@ -341,11 +337,10 @@ on_both_engines!(a_mixed_workload_is_mirrored_exactly, |engine| {
 
 impl Mirrored {
     /// Like [`Mirrored::wait_quiet`], with callbacks left pending on purpose.
-    fn wait_quiet_callbacks_pending(&self) -> u64 {
-        let support = self.wait_support("the mirror to catch up", |s| {
+    fn wait_quiet_callbacks_pending(&self) {
+        self.wait_support("the mirror to catch up", |s| {
             s["replication"]["connected"] == true && s["replication"]["lag_records"] == 0
         });
-        support["replication"]["mirrored_lsn"].as_u64().unwrap()
     }
 }
 

@@ -95,17 +95,25 @@ impl Db {
 
     /// The first column of the first row of `sql`, as an integer.
     pub fn count(&self, sql: &str) -> i64 {
+        self.column(sql)
+            .first()
+            .copied()
+            .unwrap_or_else(|| panic!("{sql}: no row"))
+    }
+
+    /// The first column of every row of `sql`, as integers.
+    fn column(&self, sql: &str) -> Vec<i64> {
         let sql = sqlx::AssertSqlSafe(sql.to_owned());
         let url = self.url.as_str();
         self.rt.block_on(async {
             match self.engine {
                 Engine::Postgres => {
                     let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(url).await.unwrap();
-                    sqlx::query_scalar::<_, i64>(sql).fetch_one(&mut c).await.unwrap()
+                    sqlx::query_scalar::<_, i64>(sql).fetch_all(&mut c).await.unwrap()
                 }
                 Engine::Mysql => {
                     let mut c = <sqlx::MySqlConnection as sqlx::Connection>::connect(url).await.unwrap();
-                    sqlx::query_scalar::<_, i64>(sql).fetch_one(&mut c).await.unwrap()
+                    sqlx::query_scalar::<_, i64>(sql).fetch_all(&mut c).await.unwrap()
                 }
             }
         })
@@ -131,23 +139,21 @@ impl Db {
     pub fn kill_sessions(&self, ports: &[u16]) -> usize {
         let mut killed = 0;
         for port in ports {
-            let sql = match self.engine {
-                Engine::Postgres => {
-                    format!("SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE client_port = {port}")
-                }
+            killed += match self.engine {
+                Engine::Postgres => self.count(&format!(
+                    "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE client_port = {port}"
+                )) as usize,
                 Engine::Mysql => {
-                    format!("SELECT COUNT(*) FROM information_schema.processlist WHERE host LIKE '%:{port}'")
+                    let ids = self.column(&format!(
+                        "SELECT id FROM information_schema.processlist WHERE host LIKE '%:{port}'"
+                    ));
+                    for id in &ids {
+                        // The session may have ended meanwhile; that is fine.
+                        let _ = self.rt.block_on(self.execute(&format!("KILL {id}")));
+                    }
+                    ids.len()
                 }
             };
-            let found = self.count(&sql);
-            if self.engine == Engine::Mysql && found > 0 {
-                let id = self.count(&format!(
-                    "SELECT id FROM information_schema.processlist WHERE host LIKE '%:{port}'"
-                ));
-                // The session may be gone already; that is fine.
-                let _ = self.rt.block_on(self.execute(&format!("KILL {id}")));
-            }
-            killed += found as usize;
         }
         killed
     }
