@@ -81,35 +81,8 @@ if [[ $(findmnt -no FSTYPE -T "$OUT") == tmpfs ]]; then
     echo "WARNING: $OUT is on tmpfs: fsync costs nothing there, durable acceptance is overstated" >&2
 fi
 
-COREQ_PID=
-start_coreq() { # start_coreq LOG COREQ-ARGS...
-    local log=$1
-    shift
-    rm -rf "$OUT/data"
-    COREQ_ADMIN_PASSWORD=$PASSWORD COREQ_LOG=warn \
-        "$BIN/coreq" serve --data-dir "$OUT/data" --listen "127.0.0.1:$PORT" "$@" >"$log" 2>&1 &
-    COREQ_PID=$!
-    # Ready once login answers something other than 503 (recovering) or nothing at all.
-    for _ in $(seq 100); do
-        if ! kill -0 "$COREQ_PID" 2>/dev/null; then
-            echo "coreq exited (port $PORT taken by another process?); see $log" >&2
-            exit 1
-        fi
-        code=$(curl -s -o /dev/null --max-time 2 -w '%{http_code}' -X POST "http://127.0.0.1:$PORT/v1/users/login" || true)
-        if [[ $code != 503 && $code != 000 ]]; then return 0; fi
-        sleep 0.1
-    done
-    echo "coreq did not become ready; see $log" >&2
-    exit 1
-}
-
-stop_coreq() {
-    if [[ -n $COREQ_PID ]]; then
-        kill "$COREQ_PID" 2>/dev/null || true
-        wait "$COREQ_PID" 2>/dev/null || true
-        COREQ_PID=
-    fi
-}
+# shellcheck source=loadgen/coreq-process.sh
+source "$(dirname "$0")/coreq-process.sh"
 trap stop_coreq EXIT
 
 # run NAME I: one run of scenario NAME against a fresh coreq.

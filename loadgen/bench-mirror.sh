@@ -52,14 +52,9 @@ fi
     echo "runs:     $RUNS per engine ($ENGINES); $COUNT callbacks at $RATE/s, batch 1"
 } | tee "$OUT/machine.txt" >&2
 
-COREQ_PID= PREFIX= CURRENT_ENGINE=
-stop_coreq() {
-    if [[ -n $COREQ_PID ]]; then
-        kill "$COREQ_PID" 2>/dev/null || true
-        wait "$COREQ_PID" 2>/dev/null || true
-        COREQ_PID=
-    fi
-}
+PREFIX= CURRENT_ENGINE=
+# shellcheck source=loadgen/coreq-process.sh
+source "$(dirname "$0")/coreq-process.sh"
 
 # drop_tables ENGINE: the mirror tables of $PREFIX.
 drop_tables() {
@@ -85,29 +80,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start_coreq() { # start_coreq ENGINE LOG
+start_mirrored() { # start_mirrored ENGINE LOG: coreq mirroring into ENGINE (none, pg, mysql)
     local engine=$1 log=$2 db=()
     case $engine in
         pg) db=(--database-url "$PG_URL") ;;
         mysql) db=(--database-url "$MYSQL_URL") ;;
     esac
-    rm -rf "$OUT/data"
-    COREQ_ADMIN_PASSWORD=$PASSWORD COREQ_LOG=warn WA_DB_NAME_PREFIX=$PREFIX \
-        "$BIN/coreq" serve --data-dir "$OUT/data" --listen "127.0.0.1:$PORT" --allow-http-webhooks "${db[@]}" \
-        >"$log" 2>&1 &
-    COREQ_PID=$!
-    # Ready once login answers something other than 503 (recovering) or nothing at all.
-    for _ in $(seq 100); do
-        if ! kill -0 "$COREQ_PID" 2>/dev/null; then
-            echo "coreq exited; see $log" >&2
-            exit 1
-        fi
-        code=$(curl -s -o /dev/null --max-time 2 -w '%{http_code}' -X POST "http://127.0.0.1:$PORT/v1/users/login" || true)
-        if [[ $code != 503 && $code != 000 ]]; then return 0; fi
-        sleep 0.1
-    done
-    echo "coreq did not become ready; see $log" >&2
-    exit 1
+    WA_DB_NAME_PREFIX=$PREFIX start_coreq "$log" --allow-http-webhooks "${db[@]}"
 }
 
 # The sampler: GET /v1/support every 200 ms, one JSON line per sample (t, replication); at most
@@ -148,7 +127,7 @@ run() { # run ENGINE I
     CURRENT_ENGINE=$engine
     PREFIX=
     if [[ $engine != none ]]; then PREFIX="bench_mirror_$$_${engine}${i}_"; fi
-    start_coreq "$engine" "$OUT/$name.log"
+    start_mirrored "$engine" "$OUT/$name.log"
     rm -f "$OUT/$name.done"
     sample "$OUT/$name.samples" "$OUT/$name.done" &
     local sampler=$!
