@@ -108,7 +108,8 @@ struct Inner {
     /// Serializes [`Store::record_statuses`]: its check and its commit are one step.
     status_writer: tokio::sync::Mutex<()>,
     retaining_cursors: Vec<String>,
-    poisoned: Mutex<Option<String>>,
+    /// Set once applying a durable record failed; published so the service can stop.
+    poisoned: tokio::sync::watch::Sender<Option<Arc<str>>>,
     /// The counters as recovered: ids below them were handed out before this process.
     counters_at_open: Counters,
 }
@@ -143,7 +144,7 @@ impl Store {
                 checkpointing: Mutex::new(()),
                 status_writer: tokio::sync::Mutex::new(()),
                 retaining_cursors: retaining,
-                poisoned: Mutex::new(None),
+                poisoned: tokio::sync::watch::Sender::new(None),
                 counters_at_open: counters,
             }),
         }
@@ -196,19 +197,51 @@ impl Store {
     }
 
     fn check_poison(&self) -> Result<()> {
-        match &*self.inner.poisoned.lock().expect("poison lock") {
-            Some(why) => Err(StorageError::Poisoned(why.clone())),
+        match &*self.inner.poisoned.borrow() {
+            Some(why) => Err(StorageError::Poisoned(why.to_string())),
             None => Ok(()),
         }
     }
 
     fn poison(&self, err: &StorageError) {
         tracing::error!(error = %err, "storage: applying a committed record failed; the store is poisoned until restart");
-        self.inner
-            .poisoned
-            .lock()
-            .expect("poison lock")
-            .get_or_insert_with(|| err.to_string());
+        let why: Arc<str> = err.to_string().into();
+        self.inner.poisoned.send_if_modified(|current| {
+            let first = current.is_none();
+            if first {
+                *current = Some(why);
+            }
+            first
+        });
+    }
+
+    /// Why the store can no longer write (a failed WAL write or sync, or a failed apply of a
+    /// durable record), or `None` while it can. Nothing clears it: only a restart recovers.
+    pub fn failure(&self) -> Option<Arc<str>> {
+        if let Some(why) = self.inner.poisoned.borrow().clone() {
+            return Some(why);
+        }
+        self.inner.wal.as_ref().and_then(|wal| wal.failure())
+    }
+
+    /// Resolves, with the reason, once the store can no longer write (see [`Store::failure`]):
+    /// the service must then stop rather than linger unable to work.
+    pub async fn failed(&self) -> Arc<str> {
+        let mut poisoned = self.inner.poisoned.subscribe();
+        let applying = async move {
+            match poisoned.wait_for(Option::is_some).await {
+                Ok(why) => why.clone().unwrap_or_else(|| "store poisoned".into()),
+                // Invariant: the sender lives in `Inner`, which `self` keeps alive.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        match &self.inner.wal {
+            Some(wal) => tokio::select! {
+                why = applying => why,
+                why = wal.failed() => why,
+            },
+            None => applying.await,
+        }
     }
 
     /// Allocates ids with `build` and queues the records, in one critical section. If the log

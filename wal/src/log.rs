@@ -509,6 +509,26 @@ impl<R: Serialize + DeserializeOwned> Wal<R> {
         self.inner().durable()
     }
 
+    /// Why the log refuses appends, once a write or sync failed (`None` while healthy).
+    pub fn failure(&self) -> Option<Arc<str>> {
+        self.inner().lock().poisoned.clone()
+    }
+
+    /// Resolves once a write or sync has failed, with the reason: the log will never accept
+    /// another append, so the process should stop and let a restart recover. Pending forever
+    /// while the log stays healthy (also after it is closed).
+    pub async fn failed(&self) -> Arc<str> {
+        let mut rx = self.inner().progress.subscribe();
+        let failure = match rx.wait_for(|p| p.failure.is_some()).await {
+            Ok(progress) => progress.failure.clone(),
+            Err(_) => None,
+        };
+        match failure {
+            Some(why) => why,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Deletes whole segments whose records all have LSN < `lsn`. The newest segment is never
     /// deleted. Returns the number of records' segments removed.
     pub fn truncate_below(&self, lsn: Lsn) -> Result<usize> {
