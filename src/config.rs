@@ -90,12 +90,38 @@ pub struct ServeArgs {
     /// Finished messages older than this are garbage-collected, in seconds (default 30 days).
     #[arg(long, env = "COREQ_MESSAGE_RETENTION_SECS", default_value = "2592000")]
     pub message_retention_secs: u64,
-    /// PEM certificate chain for serving the API over TLS.
+    /// Serve the API over HTTPS (HTTP/2 and HTTP/1.1 by ALPN) with this PEM certificate chain,
+    /// leaf first; requires --tls-key. SIGHUP reloads both files (a bad new file keeps the
+    /// current certificate).
     #[arg(long, env = "COREQ_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
-    /// PEM private key for serving the API over TLS.
+    /// The PEM private key of --tls-cert's certificate.
     #[arg(long, env = "COREQ_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Most client connections open at once; more wait in the kernel's backlog. Lowered at start
+    /// to leave file descriptors for the store under the open-file limit (raised to its hard
+    /// maximum first).
+    #[arg(long, env = "COREQ_MAX_CONNECTIONS", default_value = "1024")]
+    pub max_connections: usize,
+    /// A request's head must arrive within this, in milliseconds: the first one counted from the
+    /// connection's accept (TLS handshake included), later ones from the previous answer (so an
+    /// idle HTTP/1.1 keep-alive connection is closed after this too).
+    #[arg(long, env = "COREQ_HEADER_TIMEOUT_MS", default_value = "10000")]
+    pub header_timeout_ms: u64,
+    /// A request's body must arrive in full within this of its head, in milliseconds (else 408).
+    #[arg(long, env = "COREQ_BODY_TIMEOUT_MS", default_value = "60000")]
+    pub body_timeout_ms: u64,
+    /// A connection without a request in progress is closed after this, in milliseconds.
+    #[arg(long, env = "COREQ_IDLE_TIMEOUT_MS", default_value = "60000")]
+    pub idle_timeout_ms: u64,
+    /// Most bytes of request bodies held at once across all requests, in MiB. A request that
+    /// finds no room within 5 s gets 503/1011 with Retry-After; one declaring more than this, 413.
+    #[arg(long, env = "COREQ_BODY_BUDGET_MB", default_value = "256")]
+    pub body_budget_mb: usize,
+    /// At SIGTERM/SIGINT, requests in progress get this long to finish, in milliseconds; then
+    /// the connections left are closed.
+    #[arg(long, env = "COREQ_SHUTDOWN_TIMEOUT_MS", default_value = "10000")]
+    pub shutdown_timeout_ms: u64,
     /// Extra CA (PEM) trusted for webhook HTTPS, besides the system roots.
     #[arg(long, env = "COREQ_WEBHOOK_CA")]
     pub webhook_ca: Option<PathBuf>,
@@ -206,7 +232,10 @@ pub struct Config {
     pub gateway_timeout: Duration,
     pub sim_delay: Duration,
     pub message_retention: Duration,
-    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Serve HTTPS with these files (checked at validation: they load and the key fits).
+    pub tls: Option<crate::listener::tls::TlsFiles>,
+    /// Connections, timeouts and the body budget of the HTTP front.
+    pub http: crate::listener::HttpLimits,
     pub webhook_ca: Option<PathBuf>,
     pub allow_http_webhooks: bool,
     pub checkpoint_interval: Duration,
@@ -237,6 +266,7 @@ impl std::fmt::Debug for Config {
             .field("sim_delay", &self.sim_delay)
             .field("message_retention", &self.message_retention)
             .field("tls", &self.tls)
+            .field("http", &self.http)
             .field("webhook_ca", &self.webhook_ca)
             .field("allow_http_webhooks", &self.allow_http_webhooks)
             .field("checkpoint_interval", &self.checkpoint_interval)
@@ -287,12 +317,13 @@ impl Config {
         }
         let database = database_config(args.database_url.as_deref(), &env.db)?;
         let gateway_url = gateway_url(args.gateway, args.gateway_url.as_deref())?;
+        let http = http_limits(&args)?;
         let tls = match (args.tls_cert, args.tls_key) {
             (None, None) => None,
             (Some(cert), Some(key)) => {
-                readable(&cert).map_err(|p| bad("--tls-cert/COREQ_TLS_CERT", p))?;
-                readable(&key).map_err(|p| bad("--tls-key/COREQ_TLS_KEY", p))?;
-                Some((cert, key))
+                let files = crate::listener::tls::TlsFiles { cert, key };
+                crate::listener::tls::load(&files).map_err(|e| bad(e.setting, e.problem))?;
+                Some(files)
             }
             (Some(_), None) => return Err(bad("--tls-key/COREQ_TLS_KEY", "required with --tls-cert")),
             (None, Some(_)) => return Err(bad("--tls-cert/COREQ_TLS_CERT", "required with --tls-key")),
@@ -411,6 +442,7 @@ impl Config {
             sim_delay: Duration::from_millis(args.sim_delay_ms),
             message_retention: Duration::from_secs(args.message_retention_secs),
             tls,
+            http,
             webhook_ca: args.webhook_ca,
             allow_http_webhooks: args.allow_http_webhooks,
             checkpoint_interval: Duration::from_millis(args.checkpoint_interval_ms),
@@ -427,6 +459,12 @@ impl Config {
         })
     }
 
+    /// File descriptors the HTTP front leaves to everything but its connections.
+    pub fn fd_reserve(&self) -> u64 {
+        let mirror_pool = self.database.as_ref().map_or(0, |_| self.mirror.pool_size);
+        crate::listener::fds::reserve(self.sender.concurrency, mirror_pool)
+    }
+
     /// The storage layout under the data directory.
     pub fn store_config(&self) -> coreq_storage::StoreConfig {
         let mut store = coreq_storage::StoreConfig::new(&self.data_dir);
@@ -440,6 +478,38 @@ impl Config {
         }
         store
     }
+}
+
+/// The HTTP front's limits, each within its bounds.
+fn http_limits(args: &ServeArgs) -> Result<crate::listener::HttpLimits, ConfigError> {
+    if !(1..=1_000_000).contains(&args.max_connections) {
+        return Err(bad("--max-connections/COREQ_MAX_CONNECTIONS", "must be 1..=1000000"));
+    }
+    let millis = |value: u64, setting: &'static str| {
+        if (100..=3_600_000).contains(&value) {
+            Ok(Duration::from_millis(value))
+        } else {
+            Err(bad(setting, "must be 100..=3600000"))
+        }
+    };
+    // One reservation is one semaphore call, counted in u32.
+    if !(1..=4095).contains(&args.body_budget_mb) {
+        return Err(bad("--body-budget-mb/COREQ_BODY_BUDGET_MB", "must be 1..=4095"));
+    }
+    if args.shutdown_timeout_ms > 3_600_000 {
+        return Err(bad(
+            "--shutdown-timeout-ms/COREQ_SHUTDOWN_TIMEOUT_MS",
+            "must be at most 3600000",
+        ));
+    }
+    Ok(crate::listener::HttpLimits {
+        max_connections: args.max_connections,
+        header_timeout: millis(args.header_timeout_ms, "--header-timeout-ms/COREQ_HEADER_TIMEOUT_MS")?,
+        body_timeout: millis(args.body_timeout_ms, "--body-timeout-ms/COREQ_BODY_TIMEOUT_MS")?,
+        idle_timeout: millis(args.idle_timeout_ms, "--idle-timeout-ms/COREQ_IDLE_TIMEOUT_MS")?,
+        body_budget_bytes: args.body_budget_mb << 20,
+        shutdown_timeout: Duration::from_millis(args.shutdown_timeout_ms),
+    })
 }
 
 fn validate_api_key(key: Option<String>) -> Result<Option<String>, ConfigError> {

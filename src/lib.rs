@@ -10,6 +10,7 @@ pub mod delivery;
 pub mod disk;
 pub mod error;
 pub mod gateway;
+pub mod listener;
 pub mod messages;
 pub mod replicator;
 mod server;

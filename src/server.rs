@@ -9,7 +9,6 @@ use coreq_storage::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::api::{self, AppState, Services};
@@ -23,6 +22,7 @@ use crate::error::ServeError;
 use crate::gateway::http::HttpGateway;
 use crate::gateway::sim::Simulator;
 use crate::gateway::{Link, LinkState};
+use crate::listener::HttpFront;
 use crate::messages::Messages;
 use crate::messages::gc::Collector;
 use crate::messages::sender::Sender;
@@ -48,14 +48,10 @@ pub async fn run_with_clock(
     shutdown: impl Future<Output = ()> + Send + 'static,
     clock: Arc<dyn Clock>,
 ) -> Result<(), ServeError> {
-    if config.tls.is_some() {
-        return Err(ServeError::Unsupported(
-            "serving the API over TLS (--tls-cert/--tls-key); terminate TLS in front of coreq for now",
-        ));
-    }
+    let front = HttpFront::new(config.http.clone(), config.tls.clone(), config.fd_reserve())?;
     let state = AppState::new(config.api_key.as_deref().map(ApiKey::new));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(serve_http(listener, state.clone(), stop_rx.clone()));
+    let server = tokio::spawn(serve_http(listener, state.clone(), front, stop_rx.clone()));
     tokio::pin!(shutdown);
 
     let store_config = config.store_config();
@@ -203,11 +199,17 @@ async fn start_gateway(
     }
 }
 
-async fn serve_http(listener: TcpListener, state: AppState, mut stop: watch::Receiver<bool>) -> std::io::Result<()> {
-    let app = api::router(state);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move { stopped(&mut stop).await })
-        .await
+/// Serves the API until the stop flag is set; then `/readyz` turns 503, nothing new is
+/// accepted, requests in progress get `--shutdown-timeout-ms` to finish and the connections
+/// left are closed (idle keep-alive connections at once). Aborting the task running this
+/// closes the listener and every connection immediately (for a fatal stop).
+async fn serve_http(listener: TcpListener, state: AppState, front: HttpFront, mut stop: watch::Receiver<bool>) {
+    let app = api::router(state.clone());
+    let stopping = async move {
+        stopped(&mut stop).await;
+        state.begin_shutdown();
+    };
+    front.serve(listener, app, stopping).await;
 }
 
 /// Checkpoints every `interval` until told to stop. A failed checkpoint is fatal.

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::api::meta;
+use crate::listener::body::BodyTimedOut;
 
 /// Everything a request can end with, other than success. `details` always names the field.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,16 @@ pub enum ApiError {
     /// default); writes are refused.
     #[error("no space left on {volume}")]
     NoSpace { volume: &'static str, min_free: u64 },
+    /// 1014 with 507: a write failed for want of space (ENOSPC, EDQUOT), wherever it surfaced.
+    #[error("a write found no space left: {0}")]
+    StorageFull(String),
+    /// 1011 with 503 and `Retry-After`: a shared limit (the request-body budget) has no room
+    /// now; the same request may succeed in a moment.
+    #[error("busy: {0}")]
+    Busy(&'static str),
+    /// 1025 with 408: the body did not arrive in full within the body timeout.
+    #[error("request body not received within {} ms", .0.as_millis())]
+    BodyTimedOut(std::time::Duration),
     /// 1014 with 500: an internal failure (logged with its cause; the client sees no internals).
     #[error("internal error: {0}")]
     Internal(String),
@@ -132,6 +143,19 @@ impl ApiError {
                     min_free >> 20
                 ),
             ),
+            StorageFull(_) => (
+                S::INSUFFICIENT_STORAGE,
+                1014,
+                "Internal error",
+                "data: no space left on the volume; the write was not made".into(),
+            ),
+            Busy(what) => (S::SERVICE_UNAVAILABLE, 1011, "Service not ready", (*what).to_owned()),
+            BodyTimedOut(after) => (
+                S::REQUEST_TIMEOUT,
+                1025,
+                "Invalid request",
+                format!("body: not received in full within {} ms", after.as_millis()),
+            ),
             Internal(_) => (
                 S::INTERNAL_SERVER_ERROR,
                 1014,
@@ -170,19 +194,65 @@ impl ApiError {
 
 impl From<coreq_storage::StorageError> for ApiError {
     fn from(e: coreq_storage::StorageError) -> ApiError {
-        ApiError::Internal(e.to_string())
+        if is_out_of_space(&e) {
+            ApiError::StorageFull(e.to_string())
+        } else {
+            ApiError::Internal(e.to_string())
+        }
     }
+}
+
+/// True when a storage error is, or was caused by, a write that found no space (ENOSPC) or
+/// no quota (EDQUOT): in an I/O error anywhere in its chain, or in the text of a poisoning
+/// (the WAL and the store keep the failure that poisoned them only as its message, which
+/// ends in the OS error's number, as does sled's).
+fn is_out_of_space(e: &coreq_storage::StorageError) -> bool {
+    use coreq_storage::StorageError;
+    use coreq_wal::WalError;
+    let io_full = |io: &std::io::Error| {
+        io.kind() == std::io::ErrorKind::StorageFull
+            || io.kind() == std::io::ErrorKind::QuotaExceeded
+            || matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+    };
+    let text_full = |why: &str| {
+        [libc::ENOSPC, libc::EDQUOT]
+            .iter()
+            .any(|code| why.contains(&format!("(os error {code})")))
+    };
+    match e {
+        StorageError::Poisoned(why) | StorageError::Wal(WalError::Poisoned(why)) => return text_full(why),
+        // sled's I/O error does not expose its cause as a source.
+        StorageError::Sled(sled) => return text_full(&sled.to_string()),
+        _ => {}
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(error) = source {
+        if error.downcast_ref::<std::io::Error>().is_some_and(io_full) {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
             ApiError::Internal(cause) | ApiError::Database(cause) => tracing::error!(cause, "api: internal error"),
+            ApiError::StorageFull(cause) => tracing::error!(cause, "api: a write found no space"),
             _ => {}
         }
+        let retry = matches!(self, ApiError::Busy(_));
         let (status, code, title, details) = self.parts();
         let body = json!({ "errors": [{ "code": code, "title": title, "details": details }], "meta": meta() });
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if retry {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }
 
@@ -198,10 +268,24 @@ pub async fn body_bytes<S: Send + Sync>(req: axum::extract::Request, state: &S) 
             ApiError::TooLarge {
                 limit: BODY_LIMIT_BYTES,
             }
+        } else if let Some(timed_out) = find_in_chain::<BodyTimedOut>(&rejection) {
+            ApiError::BodyTimedOut(timed_out.0)
         } else {
             ApiError::Malformed(format!("body: {rejection}"))
         }
     })
+}
+
+/// The first error of type `T` in `error`'s chain of sources.
+fn find_in_chain<'a, T: std::error::Error + 'static>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a T> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
 }
 
 /// A JSON body, parsed with errors in the envelope: a syntax error is 1025 with its line and

@@ -1,7 +1,8 @@
 //! The HTTP API (axum). Only this module knows HTTP. One file per On-Premises node:
 //! `users.rs` (login, logout, user management), `settings.rs` (application settings),
 //! `health.rs` (answers during recovery too), `support.rs`, `stats.rs` (stats and `/metrics`),
-//! `callbacks.rs` (the callback queue).
+//! `callbacks.rs` (the callback queue). `/livez` (the process serves HTTP) and `/readyz` (a
+//! write would be accepted now) answer without credentials.
 //! `error.rs` is the one place errors become responses; `auth.rs` turns credentials into a
 //! caller. Two middlewares wrap every route: request metrics and logging (`record_request`),
 //! and the free-space guard on writes (`refuse_writes_without_space`).
@@ -19,6 +20,7 @@ mod stats;
 mod support;
 mod users;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -67,6 +69,8 @@ pub struct Services {
 pub struct AppState {
     api_key: Option<ApiKey>,
     services: Arc<OnceLock<Arc<Services>>>,
+    /// Set once shutdown has begun: `/readyz` answers 503 from then on.
+    stopping: Arc<AtomicBool>,
 }
 
 impl AppState {
@@ -74,7 +78,34 @@ impl AppState {
         AppState {
             api_key,
             services: Arc::default(),
+            stopping: Arc::default(),
         }
+    }
+
+    /// Called when shutdown begins (before the front stops accepting).
+    pub fn begin_shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    /// Why a write would not be accepted now, or `None` when it would: recovered, the store
+    /// able to write, not shutting down, every volume above its free-space minimum.
+    pub fn unready_reason(&self) -> Option<&'static str> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Some("shutting down");
+        }
+        let Some(services) = self.services.get() else {
+            return Some("recovering the write-ahead log");
+        };
+        if services.store.failure().is_some() {
+            return Some("the store cannot write (see the log); coreq is stopping");
+        }
+        if let Err(low) = services.space.check() {
+            return Some(match low.volume {
+                "logs" => "the log volume is under its free-space minimum",
+                _ => "the data volume is under its free-space minimum",
+            });
+        }
+        None
     }
 
     /// True when `given` is the configured monitoring API key.
@@ -122,6 +153,7 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), require_ready));
     Router::new()
         .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
         .merge(health::routes())
         .merge(stats::routes())
         .merge(ready_only)
@@ -135,6 +167,16 @@ pub fn router(state: AppState) -> Router {
 /// nothing else.
 async fn livez() -> &'static str {
     "ok"
+}
+
+/// `GET /readyz`: 200 `ok` only while a write would be accepted, else 503 with a one-line
+/// reason; needs no credentials (spec §13). The reason names a condition, never a path or a
+/// cause from the log.
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.unready_reason() {
+        None => "ok".into_response(),
+        Some(why) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    }
 }
 
 async fn not_found(request: Request) -> ApiError {
