@@ -3,6 +3,7 @@
 mod backlog;
 mod delivery;
 mod delivery_crash;
+mod front;
 mod gateway;
 mod gc;
 mod health;
@@ -24,4 +25,5 @@ mod space;
 mod startup;
 mod stats;
 mod support;
+mod tls;
 mod users;

@@ -89,3 +89,89 @@ fn reads_and_login_keep_working_while_space_is_short() {
     );
     assert_eq!(logout.status, 200, "{}", logout.body);
 }
+
+#[test]
+fn a_large_upload_refused_before_its_body_is_read_still_reaches_the_client_as_507() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(dir.path(), session::env(), &NO_ROOM);
+    let admin = session::admin(server.addr);
+    let body = format!(r#"{{"callbacks":[{}]}}"#, " ".repeat(64 << 20));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let answer = rt.block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let reply = reqwest::Client::new()
+            .post(format!("http://{}/v1/callbacks", server.addr))
+            .header("Authorization", &admin)
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await?;
+        Ok::<_, reqwest::Error>((reply.status().as_u16(), reply.text().await?))
+    });
+    let (status, text) = answer.expect("the client saw its answer");
+    assert_eq!(status, 507, "{text}");
+    assert!(text.contains("1014"), "{text}");
+}
+
+/// The first WAL segment in `dir`.
+fn wal_segment(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .min()
+        .expect("a segment")
+}
+
+#[test]
+fn a_write_that_finds_no_space_answers_507_1014_not_500() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let addr = crate::http::free_addr();
+    let mut child = crate::front::spawn(dir.path(), addr, &[], None);
+    let admin = session::admin(addr);
+    // Every write to the active segment fails with ENOSPC from now on.
+    let trace = dir.path().join("strace.out");
+    let mut strace = Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-e",
+            "trace=write,pwrite64,writev",
+            "-e",
+            "inject=write,pwrite64,writev:error=ENOSPC",
+        ])
+        .arg("-o")
+        .arg(&trace)
+        .arg("-P")
+        .arg(wal_segment(dir.path()))
+        .args(["-p", &child.id().to_string()])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("strace (apt-get install strace)");
+    // strace writes its output file once it has attached.
+    let start = Instant::now();
+    while !trace.exists() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let reply = request(
+        addr,
+        "POST",
+        "/v1/callbacks",
+        &[("Authorization", &admin)],
+        r#"{"callbacks":[{"a":1}]}"#,
+    );
+    let _ = strace.kill();
+    let _ = strace.wait();
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&trace).unwrap_or_default();
+    assert!(log.contains("ENOSPC"), "no write failed: {log}");
+    assert_eq!((reply.status, reply.code()), (507, 1014), "{}", reply.body);
+}

@@ -1,0 +1,337 @@
+//! The HTTP front against hostile or careless clients (spec §14), on the real binary: slowloris,
+//! an open-file limit filled with idle connections, a shutdown with idle and stalled
+//! connections, SIGHUP, many large uploads at once, a large body refused before it is read.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::http::{self, request};
+use crate::server::TestServer;
+use crate::session;
+
+/// `coreq serve` on `addr` over `dir` with `args`, the test admin password, and (when given)
+/// its open-file limit set to `nofile` (soft and hard) before it starts; waits until ready.
+pub fn spawn(dir: &Path, addr: SocketAddr, args: &[&str], nofile: Option<u64>) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_coreq"));
+    command
+        .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
+        .arg(dir)
+        .args(args)
+        .env("COREQ_ADMIN_PASSWORD", session::ADMIN_PASSWORD)
+        .env_remove("COREQ_LOG")
+        .stderr(Stdio::null());
+    if let Some(limit) = nofile {
+        // SAFETY: between fork and exec only setrlimit runs, which is async-signal-safe.
+        unsafe {
+            command.pre_exec(move || {
+                let rlimit = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+    }
+    let child = command.spawn().expect("spawn coreq");
+    http::wait_for(addr, "/readyz", 200, Duration::from_secs(30));
+    child
+}
+
+/// Sends `signal` to `child`.
+pub fn signal(child: &Child, signal: i32) {
+    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as i32, signal) };
+}
+
+/// Waits up to `limit` for `child` to exit; its exit status, or `None` if it is still running.
+pub fn exited_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// A connection the server has closed: a read sees the end or a reset.
+fn closed_by_server(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue, // an answer (408, 400) before the close
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    stream.set_nonblocking(true).unwrap();
+    stream
+}
+
+#[test]
+fn slowloris_connections_are_closed_after_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = http::free_addr();
+    let mut child = spawn(dir.path(), addr, &["--header-timeout-ms", "1000"], None);
+    let mut loris: Vec<TcpStream> = (0..300).map(|_| connect(addr)).collect();
+    for stream in &mut loris {
+        let _ = stream.write_all(b"POST /v1/callbacks HTTP/1.1\r\nHost: coreq\r\n");
+    }
+    // Keep trickling one header byte each 200 ms, as slowloris does, for at most 10 s.
+    let start = Instant::now();
+    let mut open = loris.len();
+    while open > 0 && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(200));
+        open = 0;
+        for stream in &mut loris {
+            if !closed_by_server(stream) && stream.write_all(b"X").is_ok() {
+                open += 1;
+            }
+        }
+    }
+    assert_eq!(open, 0, "slowloris connections still open after 10 s");
+    assert_eq!(http::get(addr, "/readyz").unwrap().status, 200);
+    signal(&child, libc::SIGTERM);
+    assert_eq!(
+        exited_within(&mut child, Duration::from_secs(20)).and_then(|s| s.code()),
+        Some(0)
+    );
+}
+
+/// A batch of one callback with a `len`-byte string.
+fn callback_batch(len: usize) -> String {
+    format!(r#"{{"callbacks":[{{"pad":"{}"}}]}}"#, "x".repeat(len))
+}
+
+#[test]
+fn idle_connections_up_to_the_open_file_limit_leave_the_store_able_to_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = http::free_addr();
+    // Small segments and frequent checkpoints: the store opens files while clients hold the rest.
+    let args = [
+        "--header-timeout-ms",
+        "2000",
+        "--wal-segment-mb",
+        "1",
+        "--checkpoint-interval-ms",
+        "100",
+    ];
+    let mut child = spawn(dir.path(), addr, &args, Some(256));
+    let admin = session::admin(addr);
+    let idle: Vec<TcpStream> = (0..250).map(|_| connect(addr)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let body = callback_batch(200 << 10);
+    for i in 0..12 {
+        let reply = request(addr, "POST", "/v1/callbacks", &[("Authorization", &admin)], &body);
+        assert_eq!(reply.status, 201, "enqueue {i}: {}", reply.body);
+    }
+    drop(idle);
+    assert!(child.try_wait().unwrap().is_none(), "coreq stopped");
+    assert_eq!(http::get(addr, "/readyz").unwrap().body, "ok");
+    let reply = request(addr, "POST", "/v1/callbacks", &[("Authorization", &admin)], &body);
+    assert_eq!(reply.status, 201, "the store no longer writes: {}", reply.body);
+    signal(&child, libc::SIGTERM);
+    assert_eq!(
+        exited_within(&mut child, Duration::from_secs(20)).and_then(|s| s.code()),
+        Some(0)
+    );
+}
+
+#[test]
+fn sigterm_with_idle_and_stalled_connections_exits_zero_after_the_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = http::free_addr();
+    // Timeouts far away: only the drain may close these connections.
+    let args = [
+        "--header-timeout-ms",
+        "600000",
+        "--idle-timeout-ms",
+        "600000",
+        "--body-timeout-ms",
+        "600000",
+        "--shutdown-timeout-ms",
+        "1000",
+    ];
+    let mut child = spawn(dir.path(), addr, &args, None);
+    let admin = session::admin(addr);
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        // Idle keep-alive, after one answered request.
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.write_all(b"GET /livez HTTP/1.1\r\nHost: coreq\r\n\r\n").unwrap();
+        let mut buf = [0u8; 256];
+        let _ = stream.read(&mut buf).unwrap();
+        held.push(stream);
+        // Never sent anything.
+        held.push(TcpStream::connect(addr).unwrap());
+        // Half a request head.
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.write_all(b"GET /livez HTTP/1.1\r\nHost:").unwrap();
+        held.push(stream);
+        // A body that stops half-way.
+        let mut stream = TcpStream::connect(addr).unwrap();
+        let head = format!(
+            "POST /v1/callbacks HTTP/1.1\r\nHost: coreq\r\nAuthorization: {admin}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"callbacks\":["
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        held.push(stream);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, libc::SIGTERM);
+    let status = exited_within(&mut child, Duration::from_secs(30));
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "held open by idle connections");
+}
+
+#[test]
+fn sighup_does_not_stop_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = http::free_addr();
+    let mut child = spawn(dir.path(), addr, &[], None);
+    for _ in 0..3 {
+        signal(&child, libc::SIGHUP);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "SIGHUP stopped coreq");
+    assert_eq!(http::get(addr, "/readyz").unwrap().status, 200);
+    signal(&child, libc::SIGTERM);
+    assert_eq!(
+        exited_within(&mut child, Duration::from_secs(20)).and_then(|s| s.code()),
+        Some(0)
+    );
+}
+
+/// `/proc/<pid>/status` field `name` (VmHWM: peak resident set; VmRSS: current), in bytes.
+fn memory(pid: u32, name: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no {name}"));
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib << 10
+}
+
+#[test]
+fn many_large_uploads_at_once_do_not_grow_memory_by_their_sum() {
+    const UPLOADS: usize = 4;
+    const BODY: usize = 100 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = http::free_addr();
+    let mut child = spawn(dir.path(), addr, &["--body-budget-mb", "128"], None);
+    let admin = session::admin(addr);
+    let before = memory(child.id(), "VmRSS");
+    // Well-formed JSON the API refuses once it has read it all (an empty batch): every byte is
+    // read and held, nothing is written.
+    let body = format!(r#"{{"callbacks":[{}]}}"#, " ".repeat(BODY - 16));
+    let (bytes, tail) = body.as_bytes().split_at(body.len() - 1024);
+    let mut streams: Vec<TcpStream> = (0..UPLOADS)
+        .map(|_| {
+            let mut stream = TcpStream::connect(addr).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            let head = format!(
+                "POST /v1/callbacks HTTP/1.1\r\nHost: coreq\r\nConnection: close\r\nAuthorization: {admin}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).unwrap();
+            stream
+        })
+        .collect();
+    // All but the last KiB of every body first, from one thread per upload, then the tails.
+    std::thread::scope(|scope| {
+        for stream in &mut streams {
+            scope.spawn(move || {
+                let _ = stream.write_all(bytes);
+            });
+        }
+    });
+    let mut statuses = Vec::new();
+    for stream in &mut streams {
+        let _ = stream.write_all(tail);
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        statuses.push(text.split_whitespace().nth(1).unwrap_or("none").to_owned());
+    }
+    let peak = memory(child.id(), "VmHWM");
+    assert!(statuses.iter().all(|s| s == "400" || s == "503"), "{statuses:?}");
+    assert!(statuses.iter().any(|s| s == "400"), "none was read: {statuses:?}");
+    // Budget 128 MiB: one 100 MB body at a time (held twice while collected into one buffer).
+    assert!(
+        peak < before + 3 * BODY as u64,
+        "peak RSS {} MiB (from {} MiB)",
+        peak >> 20,
+        before >> 20
+    );
+    signal(&child, libc::SIGTERM);
+    assert_eq!(
+        exited_within(&mut child, Duration::from_secs(20)).and_then(|s| s.code()),
+        Some(0)
+    );
+}
+
+#[test]
+fn memory_is_given_back_after_a_large_upload() {
+    const BODY: usize = 100 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = http::free_addr();
+    let mut child = spawn(dir.path(), addr, &[], None);
+    let admin = session::admin(addr);
+    let before = memory(child.id(), "VmRSS");
+    let body = format!(r#"{{"callbacks":[{}]}}"#, " ".repeat(BODY - 16));
+    for _ in 0..2 {
+        let reply = request(addr, "POST", "/v1/callbacks", &[("Authorization", &admin)], &body);
+        assert_eq!(reply.status, 400, "{}", reply.body);
+    }
+    // The trim runs after the answer, off the async workers: give it a moment.
+    let start = Instant::now();
+    let mut after = memory(child.id(), "VmRSS");
+    while after > before + (BODY as u64) / 4 && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+        after = memory(child.id(), "VmRSS");
+    }
+    assert!(
+        after < before + (BODY as u64) / 4,
+        "RSS {} MiB after the uploads, {} MiB before",
+        after >> 20,
+        before >> 20
+    );
+    signal(&child, libc::SIGTERM);
+    assert_eq!(
+        exited_within(&mut child, Duration::from_secs(20)).and_then(|s| s.code()),
+        Some(0)
+    );
+}
+
+#[test]
+fn a_body_that_stops_arriving_is_answered_408_after_the_body_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(dir.path(), session::env(), &["--body-timeout-ms", "500"]);
+    let admin = session::admin(server.addr);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let head = format!(
+        "POST /v1/callbacks HTTP/1.1\r\nHost: coreq\r\nAuthorization: {admin}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"callbacks\":["
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("1025"), "{answer}");
+}
