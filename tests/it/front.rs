@@ -15,7 +15,7 @@ use crate::session;
 
 /// `coreq serve` on `addr` over `dir` with `args`, the test admin password, and (when given)
 /// its open-file limit set to `nofile` (soft and hard) before it starts; waits until ready.
-pub fn spawn(dir: &Path, addr: SocketAddr, args: &[&str], nofile: Option<u64>) -> Child {
+pub fn spawn(dir: &Path, addr: SocketAddr, args: &[&str], nofile: Option<u64>) -> Running {
     let mut command = Command::new(env!("CARGO_BIN_EXE_coreq"));
     command
         .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
@@ -39,9 +39,32 @@ pub fn spawn(dir: &Path, addr: SocketAddr, args: &[&str], nofile: Option<u64>) -
             })
         };
     }
-    let child = command.spawn().expect("spawn coreq");
+    let child = Running(command.spawn().expect("spawn coreq"));
     http::wait_for(addr, "/readyz", 200, Duration::from_secs(30));
     child
+}
+
+/// A child process killed (if still running) when the test ends, passed or failed.
+pub struct Running(pub Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Sends `signal` to `child`.

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::front::{exited_within, signal};
+use crate::front::{Running, exited_within, signal};
 use crate::http;
 
 fn pem(label: &str, der: &[u8]) -> String {
@@ -53,19 +53,21 @@ fn files(dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 /// `coreq serve` over TLS with the files in `tls_dir`; ready once the port accepts.
-fn spawn_tls(data: &Path, tls_dir: &Path, addr: SocketAddr) -> std::process::Child {
+fn spawn_tls(data: &Path, tls_dir: &Path, addr: SocketAddr) -> Running {
     let (cert, key) = files(tls_dir);
-    let child = Command::new(env!("CARGO_BIN_EXE_coreq"))
-        .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
-        .arg(data)
-        .arg("--tls-cert")
-        .arg(cert)
-        .arg("--tls-key")
-        .arg(key)
-        .env_remove("COREQ_LOG")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = Running(
+        Command::new(env!("CARGO_BIN_EXE_coreq"))
+            .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
+            .arg(data)
+            .arg("--tls-cert")
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(key)
+            .env_remove("COREQ_LOG")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let start = Instant::now();
     while std::net::TcpStream::connect(addr).is_err() {
         assert!(start.elapsed() < Duration::from_secs(30), "coreq did not listen");
