@@ -77,8 +77,10 @@ impl BodyBudget {
     }
 
     /// Asks glibc to hand free heap pages back to the system, once at a time, off the async
-    /// workers. Without it, the memory of one large upload stays resident for good (measured:
-    /// RSS stayed at its peak after two 100 MB uploads).
+    /// workers. Measured (`front::memory_is_given_back_after_a_large_upload`, two 100 MB
+    /// batches of 250 kB callbacks): without it RSS stayed 64 MiB above where it started (the
+    /// callbacks' copies are under glibc's mmap threshold, so they stay in the heap); with it
+    /// RSS went back below its start.
     fn trim(&self) {
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         {

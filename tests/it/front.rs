@@ -316,7 +316,10 @@ fn memory_is_given_back_after_a_large_upload() {
     let mut child = spawn(dir.path(), addr, &[], None);
     let admin = session::admin(addr);
     let before = memory(child.id(), "VmRSS");
-    let body = format!(r#"{{"callbacks":[{}]}}"#, " ".repeat(BODY - 16));
+    // 400 callbacks of 250 kB each, copied one by one, then a refusal at the last item (not an
+    // object): the memory of a real batch, without writing it.
+    let one = format!(r#"{{"pad":"{}"}}"#, "x".repeat(250_000));
+    let body = format!(r#"{{"callbacks":[{},1]}}"#, vec![one; BODY / 250_000].join(","));
     for _ in 0..2 {
         let reply = request(addr, "POST", "/v1/callbacks", &[("Authorization", &admin)], &body);
         assert_eq!(reply.status, 400, "{}", reply.body);
