@@ -793,6 +793,26 @@ mod tests {
     }
 
     #[test]
+    fn the_http_front_has_bounded_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let http = Config::from_args(args(dir.path()), EnvSecrets::default()).unwrap().http;
+        assert_eq!(http.max_connections, 1024);
+        assert_eq!(http.header_timeout, Duration::from_secs(10));
+        assert_eq!(http.body_budget_bytes, 256 << 20);
+    }
+
+    #[test]
+    fn a_body_budget_over_4095_mib_is_refused_naming_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = args(dir.path());
+        a.body_budget_mb = 4096;
+        assert_eq!(
+            refused(a, EnvSecrets::default()).setting,
+            "--body-budget-mb/COREQ_BODY_BUDGET_MB"
+        );
+    }
+
+    #[test]
     fn debug_output_masks_secrets() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = args(dir.path());

@@ -178,24 +178,23 @@ impl GuardedBody {
         }
     }
 
-    /// Waits for room for the piece that arrived (metered bodies only).
-    fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<Result<Frame<Bytes>, BodyTimedOut>> {
-        let Some(meter) = self.meter.as_mut() else {
-            return Poll::Pending;
-        };
-        let Some((_, acquiring)) = meter.waiting.as_mut() else {
-            return Poll::Pending;
-        };
-        match acquiring.as_mut().poll(cx) {
+    /// Waits for room for the piece that arrived (metered bodies only); `None` when no piece
+    /// waits.
+    fn poll_room(&mut self, cx: &mut Context<'_>) -> Option<Poll<Result<Frame<Bytes>, BodyTimedOut>>> {
+        let meter = self.meter.as_mut()?;
+        let (frame, mut acquiring) = meter.waiting.take()?;
+        Some(match acquiring.as_mut().poll(cx) {
             Poll::Ready(Ok(permit)) => {
                 meter.add(permit);
-                let (frame, _) = meter.waiting.take().expect("checked above"); // invariant: matched Some
                 Poll::Ready(Ok(frame))
             }
-            // Never closed; treat as no room ever coming.
+            // The semaphore is never closed; treat it as room never coming.
             Poll::Ready(Err(_)) => Poll::Ready(Err(BodyTimedOut(self.timeout))),
-            Poll::Pending => Poll::Pending,
-        }
+            Poll::Pending => {
+                meter.waiting = Some((frame, acquiring));
+                Poll::Pending
+            }
+        })
     }
 }
 
@@ -205,14 +204,13 @@ impl Body for GuardedBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
-        if this.meter.as_ref().is_some_and(|m| m.waiting.is_some()) {
-            return match this.poll_room(cx) {
-                Poll::Ready(frame) => Poll::Ready(Some(frame.map_err(Into::into))),
-                Poll::Pending if this.deadline.as_mut().poll(cx).is_ready() => {
-                    Poll::Ready(Some(Err(BodyTimedOut(this.timeout).into())))
-                }
-                Poll::Pending => Poll::Pending,
-            };
+        match this.poll_room(cx) {
+            Some(Poll::Ready(frame)) => return Poll::Ready(Some(frame.map_err(Into::into))),
+            Some(Poll::Pending) => {
+                ready!(this.deadline.as_mut().poll(cx));
+                return Poll::Ready(Some(Err(BodyTimedOut(this.timeout).into())));
+            }
+            None => {}
         }
         let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => {

@@ -118,8 +118,12 @@ pub(super) async fn serve(
         }
         Some(tls) => {
             let handshake = tokio::time::timeout_at(accepted + shared.limits.header_timeout, tls.acceptor().accept(io));
-            let Ok(Ok(stream)) = handshake.await else {
-                return;
+            let stream = tokio::select! {
+                done = handshake => match done {
+                    Ok(Ok(stream)) => stream,
+                    _ => return,
+                },
+                () = draining(&mut drain) => return,
             };
             // ALPN decides the protocol; nothing else is offered.
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -206,6 +210,11 @@ async fn watch_over<C: GracefulConnection>(
             changed = drain.changed(), if !draining => draining = changed.is_err() || drain.borrow().is_some(),
         }
     }
+}
+
+/// Resolves once the server drains (or is gone).
+async fn draining(drain: &mut watch::Receiver<Option<Instant>>) {
+    let _ = drain.wait_for(Option::is_some).await;
 }
 
 /// Lets a client that is still sending a body see the answer it was given: half-close, then

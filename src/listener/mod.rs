@@ -114,11 +114,6 @@ impl HttpFront {
         Ok(HttpFront { limits, tls })
     }
 
-    /// The connection cap in force.
-    pub fn max_connections(&self) -> usize {
-        self.limits.max_connections
-    }
-
     /// Serves `router` on `listener` until `stop` resolves, then stops accepting, lets the
     /// requests in progress finish until the drain deadline and closes what is left.
     pub async fn serve(self, listener: TcpListener, router: axum::Router, stop: impl Future<Output = ()>) {
@@ -227,5 +222,26 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_out_of_descriptors_is_not_one_connections_error() {
+        for code in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(
+                !one_connections_error(&std::io::Error::from_raw_os_error(code)),
+                "{code}"
+            );
+        }
+        for code in [libc::ECONNABORTED, libc::ECONNRESET] {
+            assert!(
+                one_connections_error(&std::io::Error::from_raw_os_error(code)),
+                "{code}"
+            );
+        }
     }
 }
