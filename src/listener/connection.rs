@@ -154,7 +154,7 @@ async fn handle(
         Admission::TooLarge { limit } => return Ok(refuse(ApiError::TooLarge { limit }, &activity)),
         Admission::Busy => {
             return Ok(refuse(
-                ApiError::Busy("request bodies: the body budget is in use"),
+                ApiError::Busy("body: no room in the request-body budget now; retry shortly"),
                 &activity,
             ));
         }
