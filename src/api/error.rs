@@ -362,6 +362,9 @@ mod tests {
                 1014,
             ),
             (ApiError::Internal("x".into()), 500, 1014),
+            (ApiError::StorageFull("x".into()), 507, 1014),
+            (ApiError::Busy("body"), 503, 1011),
+            (ApiError::BodyTimedOut(std::time::Duration::from_secs(1)), 408, 1025),
             (ApiError::TooManyRequests, 429, 1015),
             (ApiError::Overloaded("backlog"), 503, 1016),
             (ApiError::Database("x".into()), 500, 1023),
@@ -372,6 +375,35 @@ mod tests {
             let (s, c, _, _) = error.parts();
             assert_eq!((s.as_u16(), c), (status, code), "{error:?}");
         }
+    }
+
+    #[test]
+    fn a_write_without_space_is_507_wherever_the_error_carries_it() {
+        use coreq_storage::StorageError;
+        use coreq_wal::WalError;
+        let os = std::io::Error::from_raw_os_error;
+        let full = [
+            StorageError::Io {
+                path: "state/db".into(),
+                source: os(libc::ENOSPC),
+            },
+            StorageError::Wal(WalError::Io {
+                path: "wal/1.wal".into(),
+                source: os(libc::EDQUOT),
+            }),
+            StorageError::Wal(WalError::Poisoned(format!(
+                "wal i/o on wal/1.wal: {}",
+                os(libc::ENOSPC)
+            ))),
+            StorageError::Poisoned(format!("apply: {}", os(libc::EDQUOT))),
+        ];
+        for error in full {
+            let (status, code, _, _) = ApiError::from(error).parts();
+            assert_eq!((status.as_u16(), code), (507, 1014));
+        }
+        let other = StorageError::Poisoned(format!("wal i/o on wal/1.wal: {}", os(libc::EIO)));
+        let (status, _, _, _) = ApiError::from(other).parts();
+        assert_eq!(status.as_u16(), 500);
     }
 
     #[test]

@@ -361,3 +361,48 @@ fn a_body_that_stops_arriving_is_answered_408_after_the_body_timeout() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("1025"), "{answer}");
 }
+
+#[test]
+fn aborting_the_serving_task_closes_the_listener_and_every_connection_at_once() {
+    use coreq::listener::{HttpFront, HttpLimits};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let far = Duration::from_secs(600);
+    let limits = HttpLimits {
+        max_connections: 16,
+        header_timeout: far,
+        body_timeout: far,
+        idle_timeout: far,
+        body_budget_bytes: 1 << 20,
+        shutdown_timeout: far,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let front = HttpFront::new(limits, None, 0).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = coreq::api::router(coreq::api::AppState::new(None));
+        let serving = tokio::spawn(front.serve(listener, router, std::future::pending()));
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET /livez HTTP/1.1\r\nHost: coreq\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        assert!(idle.read(&mut buf).await.unwrap() > 0);
+        let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stalled.write_all(b"GET /livez HTTP/1.1\r\nHost:").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        serving.abort();
+        let _ = serving.await;
+        for stream in [&mut idle, &mut stalled] {
+            let end = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
+            assert!(matches!(end, Ok(Ok(0)) | Ok(Err(_))), "still open: {end:?}");
+        }
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still listening");
+    });
+}
