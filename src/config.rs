@@ -103,15 +103,15 @@ pub struct ServeArgs {
     /// maximum first).
     #[arg(long, env = "COREQ_MAX_CONNECTIONS", default_value = "1024")]
     pub max_connections: usize,
-    /// A request's head must arrive within this, in milliseconds: the first one counted from the
-    /// connection's accept (TLS handshake included), later ones from the previous answer (so an
-    /// idle HTTP/1.1 keep-alive connection is closed after this too).
+    /// A request's head must arrive within this of its first byte, in milliseconds (the first
+    /// request of a connection: of the accept, TLS handshake included); slower ones are cut off.
     #[arg(long, env = "COREQ_HEADER_TIMEOUT_MS", default_value = "10000")]
     pub header_timeout_ms: u64,
     /// A request's body must arrive in full within this of its head, in milliseconds (else 408).
     #[arg(long, env = "COREQ_BODY_TIMEOUT_MS", default_value = "60000")]
     pub body_timeout_ms: u64,
-    /// A connection without a request in progress is closed after this, in milliseconds.
+    /// A keep-alive connection with no request in progress is closed after this, in
+    /// milliseconds.
     #[arg(long, env = "COREQ_IDLE_TIMEOUT_MS", default_value = "60000")]
     pub idle_timeout_ms: u64,
     /// Most bytes of request bodies held at once across all requests, in MiB. A request that

@@ -1,17 +1,12 @@
 //! One client connection, from accept to close: the TLS handshake, HTTP/1.1 or HTTP/2 by
-//! hyper, a watchdog that closes it when it idles or never sends a request, and a lingering
-//! close after an answer that left a request body unread.
-//!
-//! Invariants: a connection without a request in progress lives at most `header_timeout`
-//! (before its first request) or `idle_timeout` (after one), plus [`CLOSE_GRACE`]; a request in
-//! progress is bounded by the body timeout and the handlers' own limits; once the server
-//! drains, nothing outlives the drain deadline.
+//! hyper under the watchdog (`watchdog.rs`), each request admitted into the body budget, and a
+//! lingering close after an answer that left a request body unread.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,7 +14,6 @@ use axum::extract::ConnectInfo;
 use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
@@ -28,71 +22,15 @@ use tower::ServiceExt;
 
 use super::Shared;
 use super::body::{Admission, GuardedBody};
+use super::watchdog::{Activity, watch_over};
 use crate::api::error::ApiError;
 
-/// After the watchdog asks an idle connection to close, how long it may take (a response
-/// still being written to a client that reads slowly) before it is dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// A lingering close reads and discards what the client still sends for at most this long…
 const LINGER_TIME: Duration = Duration::from_secs(30);
 /// …as long as something arrives at least this often…
 const LINGER_GAP: Duration = Duration::from_secs(5);
 /// …and at most this many bytes (more than the largest body any route accepts).
 const LINGER_BYTES: u64 = 512 << 20;
-
-/// What the watchdog knows of a connection's requests.
-struct Activity {
-    in_flight: AtomicUsize,
-    requests: AtomicU64,
-    /// When the last request in progress ended (or the connection was accepted).
-    idle_since: Mutex<Instant>,
-    /// The last request's body was not read to its end: the client may still be sending it.
-    unread_body: Arc<AtomicBool>,
-}
-
-/// A request in progress, counted until dropped.
-struct InFlight<'a>(&'a Activity);
-
-impl Activity {
-    fn new(now: Instant) -> Activity {
-        Activity {
-            in_flight: AtomicUsize::new(0),
-            requests: AtomicU64::new(0),
-            idle_since: Mutex::new(now),
-            unread_body: Arc::default(),
-        }
-    }
-
-    fn begin(&self) -> InFlight<'_> {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.requests.fetch_add(1, Ordering::AcqRel);
-        self.unread_body.store(false, Ordering::Release);
-        InFlight(self)
-    }
-
-    /// When the connection is due to close for want of requests, if no request is in
-    /// progress; `None` while one is.
-    fn idle_deadline(&self, header_timeout: Duration, idle_timeout: Duration) -> Option<Instant> {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        let since = *self.idle_since.lock().unwrap_or_else(|p| p.into_inner());
-        let allowed = if self.requests.load(Ordering::Acquire) == 0 {
-            header_timeout
-        } else {
-            idle_timeout
-        };
-        Some(since + allowed)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            *self.0.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-        }
-    }
-}
 
 /// Serves one accepted connection until it closes; `_slot` is its place under the connection
 /// cap, given back when this returns.
@@ -105,8 +43,8 @@ pub(super) async fn serve(
 ) {
     let accepted = Instant::now();
     let _ = stream.set_nodelay(true);
-    let (io, returned) = Returning::new(stream);
     let activity = Arc::new(Activity::new(accepted));
+    let (io, returned) = Returning::new(stream, activity.clone());
     let service = {
         let (shared, activity) = (shared.clone(), activity.clone());
         hyper::service::service_fn(move |request| handle(request, peer, shared.clone(), activity.clone()))
@@ -114,7 +52,7 @@ pub(super) async fn serve(
     match &shared.tls {
         None => {
             let conn = shared.http.serve_connection(TokioIo::new(io), service);
-            watch_over(conn, &activity, &shared, &mut drain).await;
+            watch_over(conn, &activity, &shared.limits, &mut drain).await;
         }
         Some(tls) => {
             let handshake = tokio::time::timeout_at(accepted + shared.limits.header_timeout, tls.acceptor().accept(io));
@@ -127,9 +65,10 @@ pub(super) async fn serve(
             };
             // ALPN decides the protocol; nothing else is offered.
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            activity.set_http2(h2);
             let builder = if h2 { &shared.h2_only } else { &shared.h1_only };
             let conn = builder.serve_connection(TokioIo::new(stream), service);
-            watch_over(conn, &activity, &shared, &mut drain).await;
+            watch_over(conn, &activity, &shared.limits, &mut drain).await;
         }
     }
     if activity.unread_body.load(Ordering::Acquire)
@@ -148,6 +87,9 @@ async fn handle(
     activity: Arc<Activity>,
 ) -> Result<Response, Infallible> {
     let _in_flight = activity.begin();
+    if request.version() == hyper::Version::HTTP_2 {
+        activity.set_http2(true);
+    }
     let declared = hyper::body::Body::size_hint(request.body()).exact();
     let reservation = match shared.budget.admit(declared).await {
         Admission::Granted(reservation) => reservation,
@@ -173,43 +115,6 @@ async fn handle(
 fn refuse(error: ApiError, activity: &Activity) -> Response {
     activity.unread_body.store(true, Ordering::Release);
     error.into_response()
-}
-
-/// Drives `conn` to its end, closing it gracefully when it idles or the server drains, and
-/// dropping it when a graceful close overstays.
-async fn watch_over<C: GracefulConnection>(
-    conn: C,
-    activity: &Activity,
-    shared: &Shared,
-    drain: &mut watch::Receiver<Option<Instant>>,
-) {
-    let (header, idle) = (shared.limits.header_timeout, shared.limits.idle_timeout);
-    tokio::pin!(conn);
-    let mut closing_by: Option<Instant> = None;
-    let mut draining = drain.borrow().is_some();
-    loop {
-        if closing_by.is_none()
-            && let Some(by) = *drain.borrow()
-        {
-            conn.as_mut().graceful_shutdown();
-            closing_by = Some(by);
-        }
-        // While a request is in progress, look again after the shorter timeout.
-        let check_at = activity
-            .idle_deadline(header, idle)
-            .unwrap_or_else(|| Instant::now() + header.min(idle));
-        tokio::select! {
-            _ = conn.as_mut() => return,
-            () = tokio::time::sleep_until(check_at), if closing_by.is_none() => {
-                if activity.idle_deadline(header, idle).is_some_and(|due| due <= Instant::now()) {
-                    conn.as_mut().graceful_shutdown();
-                    closing_by = Some(Instant::now() + CLOSE_GRACE);
-                }
-            }
-            () = tokio::time::sleep_until(closing_by.unwrap_or(check_at)), if closing_by.is_some() => return,
-            changed = drain.changed(), if !draining => draining = changed.is_err() || drain.borrow().is_some(),
-        }
-    }
 }
 
 /// Resolves once the server drains (or is gone).
@@ -238,19 +143,21 @@ async fn linger(mut stream: TcpStream, drain: &watch::Receiver<Option<Instant>>)
     }
 }
 
-/// The accepted stream, handed back through a channel when hyper (or TLS above it) drops it,
-/// so that the close can linger.
+/// The accepted stream, telling the watchdog when bytes arrive, and handed back through a
+/// channel when hyper (or TLS above it) drops it, so that the close can linger.
 struct Returning {
     stream: Option<TcpStream>,
     back: Option<oneshot::Sender<TcpStream>>,
+    activity: Arc<Activity>,
 }
 
 impl Returning {
-    fn new(stream: TcpStream) -> (Returning, oneshot::Receiver<TcpStream>) {
+    fn new(stream: TcpStream, activity: Arc<Activity>) -> (Returning, oneshot::Receiver<TcpStream>) {
         let (back, returned) = oneshot::channel();
         let io = Returning {
             stream: Some(stream),
             back: Some(back),
+            activity,
         };
         (io, returned)
     }
@@ -273,10 +180,16 @@ impl Drop for Returning {
 
 impl AsyncRead for Returning {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut().stream() {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = match this.stream() {
             Ok(stream) => Pin::new(stream).poll_read(cx, buf),
-            Err(e) => Poll::Ready(Err(e)),
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        if buf.filled().len() > before {
+            this.activity.bytes_arrived();
         }
+        read
     }
 }
 

@@ -13,6 +13,7 @@ pub mod body;
 mod connection;
 pub mod fds;
 pub mod tls;
+mod watchdog;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -50,12 +51,12 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct HttpLimits {
     /// Connections open at once (lowered to fit the open-file limit).
     pub max_connections: usize,
-    /// A request's head must arrive within this (the first one counted from the accept, the
-    /// TLS handshake included; HTTP/1.1 keep-alive waits for the next head count too).
+    /// A request's head must arrive within this of its first byte (the first request of a
+    /// connection: of the accept, TLS handshake included).
     pub header_timeout: Duration,
     /// A request's body must arrive in full within this of its head.
     pub body_timeout: Duration,
-    /// A connection without a request in progress is closed after this.
+    /// A connection without a request in progress (nor a head arriving) is closed after this.
     pub idle_timeout: Duration,
     /// Bytes of request bodies held at once, across every request.
     pub body_budget_bytes: usize,
@@ -121,9 +122,9 @@ impl HttpFront {
         let shared = Arc::new(Shared {
             router,
             budget: BodyBudget::new(self.limits.body_budget_bytes),
-            http: builder(&self.limits),
-            h1_only: builder(&self.limits).http1_only(),
-            h2_only: builder(&self.limits).http2_only(),
+            http: builder(),
+            h1_only: builder().http1_only(),
+            h2_only: builder().http2_only(),
             tls: self.tls,
             limits: self.limits,
         });
@@ -172,13 +173,11 @@ impl HttpFront {
 }
 
 /// The protocol settings every connection gets.
-fn builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
+fn builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .keep_alive(true);
+    // The watchdog times request heads (from their first byte) and idle connections; hyper's
+    // own header timer would also cut idle keep-alive connections at the header timeout.
+    builder.http1().header_read_timeout(None).keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())

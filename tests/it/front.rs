@@ -406,3 +406,49 @@ fn aborting_the_serving_task_closes_the_listener_and_every_connection_at_once() 
         assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still listening");
     });
 }
+
+/// Waits up to 10 s for the server to close `stream`.
+fn closed_within_10s(stream: &mut TcpStream) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if closed_by_server(stream) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// A keep-alive connection that has had one `GET /livez` answered.
+fn after_one_request(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(b"GET /livez HTTP/1.1\r\nHost: coreq\r\n\r\n").unwrap();
+    let mut buf = [0u8; 512];
+    assert!(stream.read(&mut buf).unwrap() > 0);
+    stream.set_nonblocking(true).unwrap();
+    stream
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--idle-timeout-ms", "500", "--header-timeout-ms", "600000"];
+    let server = TestServer::start_with(dir.path(), session::env(), &args);
+    let mut stream = after_one_request(server.addr);
+    assert!(closed_within_10s(&mut stream), "idle connection kept open");
+}
+
+#[test]
+fn a_keep_alive_connection_whose_next_head_trickles_is_cut_at_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--idle-timeout-ms", "600000", "--header-timeout-ms", "500"];
+    let server = TestServer::start_with(dir.path(), session::env(), &args);
+    let mut stream = after_one_request(server.addr);
+    let start = Instant::now();
+    let mut closed = false;
+    while !closed && start.elapsed() < Duration::from_secs(10) {
+        closed = stream.write_all(b"X").is_err() || closed_by_server(&mut stream);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(closed, "a trickling head kept the connection open");
+}
