@@ -452,3 +452,27 @@ fn a_keep_alive_connection_whose_next_head_trickles_is_cut_at_the_header_timeout
     }
     assert!(closed, "a trickling head kept the connection open");
 }
+
+#[test]
+fn a_chunked_body_is_metered_into_the_budget_piece_by_piece_and_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(dir.path(), session::env(), &["--body-budget-mb", "1"]);
+    let admin = session::admin(server.addr);
+    let body = callback_batch(200 << 10);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!(
+        "POST /v1/callbacks HTTP/1.1\r\nHost: coreq\r\nConnection: close\r\nAuthorization: {admin}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    for piece in body.as_bytes().chunks(16 << 10) {
+        stream.write_all(format!("{:x}\r\n", piece.len()).as_bytes()).unwrap();
+        stream.write_all(piece).unwrap();
+        stream.write_all(b"\r\n").unwrap();
+    }
+    stream.write_all(b"0\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+}
