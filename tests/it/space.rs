@@ -160,7 +160,8 @@ fn a_write_that_finds_no_space_answers_507_1014_not_500() {
     while !trace.exists() && start.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // It opens the file before it attaches to the threads; give it time to reach them all.
+    std::thread::sleep(Duration::from_millis(1000));
     let reply = request(
         addr,
         "POST",
