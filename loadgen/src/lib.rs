@@ -17,4 +17,5 @@ pub mod payload;
 pub mod receiver;
 pub mod report;
 pub mod run;
+mod serve;
 pub mod tracker;

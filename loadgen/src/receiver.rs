@@ -18,24 +18,19 @@
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::StatusCode;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, LOCATION};
-use hyper::{Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
-use tokio_rustls::TlsAcceptor;
+use tokio::task::JoinHandle;
 
-use crate::ca::{CA_CERT_FILE, TestCa};
+use crate::serve::{CloseConnection, HttpResponse, OwnedDir, Peer, TlsSetup, accept_loop, empty, status};
 
 /// Decides the answer to each request. Called once per request, after its body has been read,
 /// from the connection's task: keep it quick (answer slowly with [`Reply::Delay`], not by
@@ -44,9 +39,6 @@ pub type Behaviour = Arc<dyn Fn(&Request) -> Reply + Send + Sync>;
 
 /// Bodies above this are refused with 413 and not recorded (coreq's callbacks are ≤ 256 KiB).
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
-
-/// A TLS handshake not done by then is abandoned, so a stalled client cannot hold a task forever.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// [`Reply::Hang`] gives up (closes the connection) after this, so no task outlives a long run.
 const HANG_LIMIT: Duration = Duration::from_secs(3600);
@@ -84,13 +76,15 @@ pub enum Reply {
     Redirect(u16, String),
     /// Never answer (until the client gives up, the receiver shuts down, or an hour passes).
     Hang,
+    /// This status with this body (for example a verification handshake's echoed challenge).
+    Body(u16, String),
 }
 
 impl Reply {
     /// The status code sent, or 0 when none is (reset, hang).
     pub fn status(&self) -> u16 {
         match self {
-            Reply::Status(code) | Reply::Delay(_, code) | Reply::Redirect(code, _) => *code,
+            Reply::Status(code) | Reply::Delay(_, code) | Reply::Redirect(code, _) | Reply::Body(code, _) => *code,
             Reply::Reset | Reply::Hang => 0,
         }
     }
@@ -254,7 +248,11 @@ impl Receiver {
             arrivals: Mutex::new(Vec::new()),
             count,
         });
-        let server = tokio::spawn(accept_loop(listener, acceptor, Arc::clone(&shared)));
+        let handler = {
+            let shared = Arc::clone(&shared);
+            move |request, peer| handle(request, Arc::clone(&shared), peer)
+        };
+        let server = tokio::spawn(accept_loop(listener, acceptor, handler));
         let (ca_pem, ca_path, own_dir) = match ca {
             Some(ca) => (Some(ca.pem), Some(ca.path), ca.own_dir),
             None => (None, None, None),
@@ -345,160 +343,11 @@ impl Drop for Receiver {
     }
 }
 
-/// The TLS side of a receiver: the acceptor and where its CA is.
-struct TlsSetup {
-    acceptor: TlsAcceptor,
-    ca: CaFile,
-}
-
-struct CaFile {
-    pem: String,
-    path: PathBuf,
-    own_dir: Option<OwnedDir>,
-}
-
-impl TlsSetup {
-    fn new(ca_dir: Option<&Path>) -> io::Result<TlsSetup> {
-        let (ca, ca_file) = match ca_dir {
-            Some(dir) => {
-                let ca = TestCa::load_or_create(dir)?;
-                let file = CaFile {
-                    pem: ca.cert_pem().to_string(),
-                    path: dir.join(CA_CERT_FILE),
-                    own_dir: None,
-                };
-                (ca, file)
-            }
-            None => {
-                let ca = TestCa::generate()?;
-                let dir = OwnedDir::create()?;
-                let path = ca.write_cert(dir.path())?;
-                let file = CaFile {
-                    pem: ca.cert_pem().to_string(),
-                    path,
-                    own_dir: Some(dir),
-                };
-                (ca, file)
-            }
-        };
-        let identity = ca.issue_server()?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(io::Error::other)?
-            .with_no_client_auth()
-            .with_single_cert(identity.chain, identity.key)
-            .map_err(io::Error::other)?;
-        // HTTP/1.1 only is served; saying so keeps an h2-capable client from choosing h2.
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(TlsSetup {
-            acceptor: TlsAcceptor::from(Arc::new(config)),
-            ca: ca_file,
-        })
-    }
-}
-
-/// A directory under the system temporary directory, removed with everything in it on drop.
-struct OwnedDir(PathBuf);
-
-impl OwnedDir {
-    fn create() -> io::Result<OwnedDir> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        // A few attempts: the name is unique within the process; another process could collide.
-        let mut last_error = io::Error::other("no attempt");
-        for _ in 0..8 {
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let path = std::env::temp_dir().join(format!("coreq-receiver-{}-{nanos}-{n}", std::process::id()));
-            match std::fs::create_dir(&path) {
-                Ok(()) => return Ok(OwnedDir(path)),
-                Err(e) => last_error = e,
-            }
-        }
-        Err(last_error)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for OwnedDir {
-    fn drop(&mut self) {
-        // Best effort: a leftover certificate in /tmp harms nothing.
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-async fn accept_loop(listener: TcpListener, acceptor: Option<TlsAcceptor>, shared: Arc<Shared>) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    connections.spawn(serve_connection(stream, peer, acceptor.clone(), Arc::clone(&shared)));
-                }
-                // Out of file descriptors and the like: wait a little instead of spinning.
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            },
-            // Reap finished connections so the set does not grow over a long run.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-}
-
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, acceptor: Option<TlsAcceptor>, shared: Arc<Shared>) {
-    // Answers are tiny; without this they can wait on Nagle + delayed ACK (40 ms per request).
-    let _ = stream.set_nodelay(true);
-    let reset = Arc::new(AtomicBool::new(false));
-    let stream = ResettableStream {
-        inner: stream,
-        reset: Arc::clone(&reset),
-    };
-    let connection = Connection { shared, reset, peer };
-    match acceptor {
-        None => serve_http(stream, connection).await,
-        Some(acceptor) => {
-            if let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                serve_http(tls, connection).await;
-            }
-        }
-    }
-}
-
-/// What each request on one connection needs.
-#[derive(Clone)]
-struct Connection {
+async fn handle(
+    request: hyper::Request<Incoming>,
     shared: Arc<Shared>,
-    /// Set by [`Reply::Reset`]: the stream then closes with an RST.
-    reset: Arc<AtomicBool>,
-    peer: SocketAddr,
-}
-
-async fn serve_http<I>(io: I, connection: Connection)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let service = hyper::service::service_fn(move |request| handle(request, connection.clone()));
-    // Keep-alive is on by default; no header-read timeout, so idle pooled connections stay open
-    // (closing one just as the client reuses it would show up as a spurious delivery failure).
-    let _ = hyper::server::conn::http1::Builder::new()
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(io), service)
-        .await;
-}
-
-/// The service's error: hyper closes the connection without answering when it gets one.
-#[derive(Debug, thiserror::Error)]
-#[error("connection closed without an answer")]
-struct CloseConnection;
-
-type HttpResponse = Response<Full<Bytes>>;
-
-async fn handle(request: hyper::Request<Incoming>, connection: Connection) -> Result<HttpResponse, CloseConnection> {
-    let Connection { shared, reset, peer } = connection;
+    peer: Peer,
+) -> Result<HttpResponse, CloseConnection> {
     let (parts, body) = request.into_parts();
     let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => collected.to_bytes().to_vec(),
@@ -526,11 +375,11 @@ async fn handle(request: hyper::Request<Incoming>, connection: Connection) -> Re
         body,
     };
     let answer = shared.decide(&request);
-    shared.record(request, &answer, at, peer);
-    respond(answer, &reset).await
+    shared.record(request, &answer, at, peer.addr);
+    respond(answer, &peer).await
 }
 
-async fn respond(answer: Reply, reset: &AtomicBool) -> Result<HttpResponse, CloseConnection> {
+async fn respond(answer: Reply, peer: &Peer) -> Result<HttpResponse, CloseConnection> {
     match answer {
         Reply::Status(code) => Ok(empty(status(code))),
         Reply::Delay(delay, code) => {
@@ -538,7 +387,7 @@ async fn respond(answer: Reply, reset: &AtomicBool) -> Result<HttpResponse, Clos
             Ok(empty(status(code)))
         }
         Reply::Reset => {
-            reset.store(true, Ordering::Relaxed);
+            peer.reset_on_close();
             Err(CloseConnection)
         }
         Reply::Redirect(code, location) => {
@@ -555,18 +404,12 @@ async fn respond(answer: Reply, reset: &AtomicBool) -> Result<HttpResponse, Clos
             tokio::time::sleep(HANG_LIMIT).await;
             Err(CloseConnection)
         }
+        Reply::Body(code, body) => {
+            let mut response = HttpResponse::new(Full::new(Bytes::from(body)));
+            *response.status_mut() = status(code);
+            Ok(response)
+        }
     }
-}
-
-/// A status hyper can send: anything outside 100..=999 becomes 500.
-fn status(code: u16) -> StatusCode {
-    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-}
-
-fn empty(status: StatusCode) -> HttpResponse {
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = status;
-    response
 }
 
 fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -574,53 +417,6 @@ fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a st
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(name))
         .map(|(_, v)| v.as_str())
-}
-
-/// A TCP stream that, when [`Reply::Reset`] asked for it, closes with an RST (linger 0) instead
-/// of a FIN: the client sees "connection reset", as with a crashed or hostile webhook.
-struct ResettableStream {
-    inner: TcpStream,
-    reset: Arc<AtomicBool>,
-}
-
-impl Drop for ResettableStream {
-    fn drop(&mut self) {
-        if self.reset.load(Ordering::Relaxed) {
-            let _ = self.inner.set_zero_linger();
-        }
-    }
-}
-
-impl AsyncRead for ResettableStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for ResettableStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 /// A receiver usable without a tokio runtime (plain `#[test]` functions): the server runs on a
