@@ -7,8 +7,12 @@
 //!   `coreq-loadgen` is its command line; `README.md` in this crate has the recipes.
 //! - [`messages`] sends messages (`POST /v1/messages`) instead: durable acceptance, or through
 //!   coreq's `sim` gateway to the status callbacks at our receiver.
+//! - [`cloud`] is a fake of Meta's WhatsApp Cloud API (sends, errors, faults, signed status and
+//!   inbound webhooks, the verification handshake) for the `cloud` gateway's tests; the binary
+//!   `coreq-fake-cloud` serves it with an HTTP control API. The servers share their plumbing.
 
 pub mod ca;
+pub mod cloud;
 pub mod coreq;
 pub mod error;
 pub mod http;
